@@ -118,6 +118,12 @@ class RegimesConfig:
     n_regimes: int = 4
     random_state: int = 7
     min_bars: int = 100
+    # Feature windows clustered: rv_<volatility_window>, ret_<trend_lookback>, er_<efficiency_window>.
+    volatility_window: int = 20
+    trend_lookback: int = 12
+    efficiency_window: int = 10
+    # A regime is a trend when its centre's trend_lookback return is this many volatility units or more.
+    trend_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
