@@ -163,3 +163,38 @@ class Manifest:
     def build_id(self, name: str) -> str:
         entry = self.entry(name)
         return entry["build_id"] if entry else ""
+
+
+TIME_COLUMNS = ("timestamp", "entry_time", "exit_time")
+
+
+def write_frame(path: str | Path, frame: pd.DataFrame, metadata: dict[str, str] | None = None) -> None:
+    """Write a table whose time columns hold int64 UTC ns as ``timestamp[ns, tz=UTC]`` parquet.
+
+    The columns named in ``TIME_COLUMNS`` are converted so that pandas, polars and duckdb
+    read real timestamps; every other column is written as it is.
+    """
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name in TIME_COLUMNS:
+        if name in table.column_names and pa.types.is_integer(table.schema.field(name).type):
+            index = table.column_names.index(name)
+            column = table.column(name).cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+            table = table.set_column(index, name, column)
+    write_parquet_atomic(path, table, metadata)
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Read a table written by ``write_frame``, giving time columns back as int64 UTC ns."""
+    table = pq.read_table(path)
+    for name in TIME_COLUMNS:
+        if name in table.column_names and pa.types.is_timestamp(table.schema.field(name).type):
+            index = table.column_names.index(name)
+            column = table.column(name).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+            table = table.set_column(index, name, column)
+    return table.to_pandas()
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Return a parquet file's schema metadata as text, without the pandas block."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if k != b"pandas"}
