@@ -1,0 +1,355 @@
+"""The generate-base job: one pair's research base, stage by stage, reused while current.
+
+Stages and what each reads::
+
+    ticks ─► ticks_report, split ─► bars ─► features ─► regimes
+                                      └──► labels ──┴──► patterns
+
+Each stage is recorded in ``output/PAIR_YEAR/manifest.json`` with the input file's
+fingerprint, the hash of the configuration sections it reads, the code version and the
+build ids of the stages it reads. A stage is rebuilt when any of these changed (and so
+everything downstream, whose recorded build ids then differ), or with ``force_rerun``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from fxresearch import artifacts, naming
+from fxresearch.artifacts import Manifest
+from fxresearch.config import Config, section_hash
+from fxresearch.instruments import Instrument, get_instrument
+from fxresearch.timeutil import ns_to_datetime, trading_day_ns
+
+logger = logging.getLogger(__name__)
+
+BASE_STAGES = ("ticks_report", "split", "bars", "features", "labels", "patterns", "regimes")
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the pair and the stage."""
+
+
+@dataclass
+class PairContext:
+    """What the stages of one pair share: paths, config, manifest and lazily loaded data."""
+
+    parquet_path: Path
+    out_dir: Path
+    pair_year: str
+    config: Config
+    instrument: Instrument
+    fingerprint: str
+    manifest: Manifest
+    force_rerun: bool
+    _ticks: Any = None
+    _bars: dict[int, pd.DataFrame] = field(default_factory=dict)
+    _features: dict[int, pd.DataFrame] = field(default_factory=dict)
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+    @property
+    def ticks(self):
+        if self._ticks is None:
+            from fxresearch.ticks import load_ticks
+
+            self._ticks = load_ticks(self.parquet_path, self.config)
+        return self._ticks
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Parquet metadata written with every table: what it is of and which pip size it used."""
+        return {
+            "pair_year": self.pair_year,
+            "symbol": self.instrument.symbol,
+            "pip_size": repr(self.instrument.pip_size),
+            "synthetic": "true" if self.is_synthetic else "false",
+        }
+
+    @property
+    def is_synthetic(self) -> bool:
+        return artifacts.read_metadata(self.parquet_path).get("synthetic") == "true"
+
+    def split_ns(self) -> int:
+        return int(self.manifest.entry("split")["split_ns"])
+
+    def bars(self, timeframe_min: int) -> pd.DataFrame:
+        if timeframe_min not in self._bars:
+            from fxresearch.bars import timeframe_name
+
+            path = self.out_dir / "bars" / f"{timeframe_name(timeframe_min)}.parquet"
+            self._bars[timeframe_min] = artifacts.read_frame(path)
+        return self._bars[timeframe_min]
+
+    def features(self, timeframe_min: int) -> pd.DataFrame:
+        if timeframe_min not in self._features:
+            from fxresearch.bars import timeframe_name
+
+            path = self.out_dir / "features" / f"{timeframe_name(timeframe_min)}.parquet"
+            self._features[timeframe_min] = artifacts.read_frame(path)
+        return self._features[timeframe_min]
+
+
+def open_pair(parquet_path: str | Path, output_dir: str | Path, config: Config,
+              force_rerun: bool = False) -> PairContext:
+    """Parse the file name, look up the instrument and load the pair's manifest."""
+    parquet_path = Path(parquet_path)
+    symbol, year = naming.parse_pair_filename(parquet_path)
+    pair_year = f"{symbol}_{year}"
+    instrument = get_instrument(symbol, config)
+    out_dir = artifacts.pair_dir(output_dir, pair_year)
+    return PairContext(
+        parquet_path=parquet_path,
+        out_dir=out_dir,
+        pair_year=pair_year,
+        config=config,
+        instrument=instrument,
+        fingerprint=artifacts.file_fingerprint(parquet_path),
+        manifest=Manifest.load(out_dir),
+        force_rerun=force_rerun,
+    )
+
+
+def feature_timeframes(config: Config) -> tuple[int, ...]:
+    """Timeframes that need feature tables: the configured ones plus those later stages read."""
+    wanted = set(config.features.timeframes_min)
+    wanted |= {config.patterns.timeframe_min, config.regimes.timeframe_min, config.search.timeframe_min}
+    return tuple(sorted(wanted))
+
+
+def label_timeframes(config: Config) -> tuple[int, ...]:
+    """Timeframes that need labels: the configured ones plus the pattern timeframe."""
+    return tuple(sorted(set(config.labels.timeframes_min) | {config.patterns.timeframe_min}))
+
+
+def bar_timeframes(config: Config) -> tuple[int, ...]:
+    """Bar timeframes: the configured ones, one minute (the fill kernel's index) and every one read later."""
+    wanted = set(config.bars.timeframes_min) | {1} | set(feature_timeframes(config)) | set(label_timeframes(config))
+    return tuple(sorted(wanted))
+
+
+def _stage_specs(config: Config) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Return each stage's config hash and the stages it reads, in build order."""
+    instrument_part = {"instruments": config.instruments}
+    return {
+        "ticks_report": (section_hash(config.ticks, instrument_part), ()),
+        "split": (section_hash(config.split), ("ticks_report",)),
+        "bars": (section_hash(bar_timeframes(config)), ("ticks_report",)),
+        "features": (section_hash(config.features, feature_timeframes(config)), ("bars",)),
+        "labels": (section_hash(config.labels, config.fills, label_timeframes(config)), ("bars",)),
+        "patterns": (section_hash(config.patterns), ("features", "labels", "split")),
+        "regimes": (section_hash(config.regimes), ("features", "split")),
+    }
+
+
+def _depends(ctx: PairContext, names: tuple[str, ...]) -> dict[str, str]:
+    return {name: ctx.manifest.build_id(name) for name in names}
+
+
+def stage_is_current(ctx: PairContext, name: str, config_hash: str, depends: tuple[str, ...]) -> bool:
+    """Return True when the stage's recorded build matches the input, config, code and inputs."""
+    return ctx.manifest.is_current(name, ctx.fingerprint, config_hash, _depends(ctx, depends))
+
+
+def base_is_current(parquet_path: str | Path, output_dir: str | Path, config: Config) -> bool:
+    """Return True when every generate-base stage of the pair is current."""
+    ctx = open_pair(parquet_path, output_dir, config)
+    return all(stage_is_current(ctx, name, *spec) for name, spec in _stage_specs(config).items())
+
+
+def _run_stage(ctx: PairContext, name: str, config_hash: str, depends: tuple[str, ...],
+               build: Callable[[PairContext], tuple[list[str], dict[str, Any]]]) -> None:
+    if not ctx.force_rerun and stage_is_current(ctx, name, config_hash, depends):
+        ctx.reused.append(name)
+        logger.info("%s: %s is current, reused", ctx.pair_year, name)
+        return
+    started = time.perf_counter()
+    try:
+        files, extra = build(ctx)
+    except Exception as exc:
+        raise StageError(f"{ctx.pair_year}: stage {name} failed: {exc}") from exc
+    seconds = time.perf_counter() - started
+    ctx.manifest.record(name, files, ctx.fingerprint, config_hash, _depends(ctx, depends),
+                        seconds=round(seconds, 3), **extra)
+    # Saved after each stage, so a killed run keeps the stages it finished.
+    ctx.manifest.save()
+    ctx.built.append(name)
+    logger.info("%s: built %s in %.2fs", ctx.pair_year, name, seconds)
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def _build_ticks_report(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    from fxresearch.ticks import write_ticks_report
+
+    path = write_ticks_report(ctx.ticks, ctx.out_dir)
+    report = ctx.ticks.report
+    return [path.name], {"rows_kept": int(report["rows_kept"]), "pip_size": ctx.instrument.pip_size}
+
+
+def compute_split_ns(timestamp_ns: np.ndarray, train_fraction: float) -> tuple[int, dict[str, Any]]:
+    """Return the train/holdout split time and how it was chosen.
+
+    The split falls at the start of the first holdout trading day (17:00 New York to 17:00),
+    after ``train_fraction`` of the days that have ticks. A file with a single trading day
+    is split in time instead, at ``train_fraction`` of its span, so it still has a holdout.
+    """
+    days = trading_day_ns(timestamp_ns)
+    unique_days, first_index = np.unique(days, return_index=True)
+    n_days = len(unique_days)
+    if n_days >= 2:
+        train_days = min(n_days - 1, max(1, int(round(train_fraction * n_days))))
+        split_ns = int(timestamp_ns[first_index[train_days]])
+        rule = f"start of trading day {train_days + 1} of {n_days}"
+    else:
+        train_days = n_days
+        start, end = int(timestamp_ns[0]), int(timestamp_ns[-1])
+        split_ns = start + int((end - start) * train_fraction)
+        rule = f"{train_fraction:.0%} of the time span (only one trading day)"
+    return split_ns, {
+        "split_ns": split_ns,
+        "split_time": ns_to_datetime(np.array([split_ns]))[0].isoformat(),
+        "trading_days": int(n_days),
+        "train_days": int(train_days),
+        "holdout_days": int(n_days - train_days),
+        "rule": rule,
+    }
+
+
+def _build_split(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    _, details = compute_split_ns(ctx.ticks.timestamp_ns, ctx.config.split.train_fraction)
+    logger.info("%s: train/holdout split at %s (%s)", ctx.pair_year, details["split_time"], details["rule"])
+    return [], details
+
+
+def _build_bars(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    from fxresearch.bars import build_bars, timeframe_name
+
+    ticks = ctx.ticks
+    files, counts = [], {}
+    for timeframe_min in bar_timeframes(ctx.config):
+        bars = build_bars(ticks.timestamp_ns, ticks.bid, ticks.ask, timeframe_min)
+        name = f"bars/{timeframe_name(timeframe_min)}.parquet"
+        artifacts.write_frame(ctx.out_dir / name, bars, ctx.metadata | {"timeframe_min": str(timeframe_min)})
+        ctx._bars[timeframe_min] = bars
+        files.append(name)
+        counts[timeframe_name(timeframe_min)] = len(bars)
+    return files, {"bar_counts": counts}
+
+
+def _build_features(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    from fxresearch.bars import timeframe_name
+    from fxresearch.features import build_features, insufficient_reason
+
+    files, notes = [], {}
+    for timeframe_min in feature_timeframes(ctx.config):
+        bars = ctx.bars(timeframe_min)
+        table = build_features(bars, timeframe_min, ctx.config.features, ctx.instrument)
+        reason = insufficient_reason(len(bars), ctx.config.features)
+        if reason:
+            notes[timeframe_name(timeframe_min)] = reason
+        name = f"features/{timeframe_name(timeframe_min)}.parquet"
+        artifacts.write_frame(ctx.out_dir / name, table, ctx.metadata | {"timeframe_min": str(timeframe_min)})
+        ctx._features[timeframe_min] = table
+        files.append(name)
+    return files, {"insufficient_data": notes}
+
+
+def _build_labels(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    from fxresearch.bars import timeframe_name
+    from fxresearch.labels import build_labels, insufficient_reason
+
+    ticks = ctx.ticks
+    files, notes, counts = [], {}, {}
+    for timeframe_min in label_timeframes(ctx.config):
+        bars = ctx.bars(timeframe_min)
+        table = build_labels(ticks.timestamp_ns, ticks.bid, ticks.ask, bars, timeframe_min, ctx.config, ctx.instrument)
+        reason = insufficient_reason(len(bars), ctx.config.labels)
+        if reason:
+            notes[timeframe_name(timeframe_min)] = reason
+        name = f"labels/{timeframe_name(timeframe_min)}.parquet"
+        artifacts.write_frame(ctx.out_dir / name, table, ctx.metadata | {"timeframe_min": str(timeframe_min)})
+        files.append(name)
+        counts[timeframe_name(timeframe_min)] = {
+            outcome: int(count) for outcome, count in table["outcome"].value_counts().items()
+        }
+    return files, {"insufficient_data": notes, "outcome_counts": counts}
+
+
+def _build_patterns(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    from fxresearch.bars import timeframe_name
+    from fxresearch.patterns import mine_patterns
+
+    timeframe_min = ctx.config.patterns.timeframe_min
+    labels = artifacts.read_frame(ctx.out_dir / "labels" / f"{timeframe_name(timeframe_min)}.parquet")
+    document = mine_patterns(ctx.features(timeframe_min), labels, ctx.split_ns(), timeframe_min,
+                             ctx.config.patterns, ctx.instrument.pip_size, pair_year=ctx.pair_year)
+    document["synthetic"] = ctx.is_synthetic
+    name = f"{ctx.pair_year}_patterns.json"
+    artifacts.write_json_atomic(ctx.out_dir / name, document)
+    return [name], {
+        "insufficient_data": document.get("insufficient_data"),
+        "n_patterns": len(document.get("patterns", [])),
+        "n_kept": len(document.get("kept", [])),
+    }
+
+
+def _build_regimes(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
+    from fxresearch.regimes import build_regimes
+
+    timeframe_min = ctx.config.regimes.timeframe_min
+    table, model = build_regimes(ctx.features(timeframe_min), ctx.split_ns(), ctx.config.regimes)
+    name = f"{ctx.pair_year}_regimes.parquet"
+    artifacts.write_frame(ctx.out_dir / name, table, ctx.metadata | {"timeframe_min": str(timeframe_min)})
+    model_name = f"{ctx.pair_year}_regimes_model.json"
+    artifacts.write_json_atomic(ctx.out_dir / model_name, model)
+    return [name, model_name], {"insufficient_data": model.get("insufficient_data")}
+
+
+_BUILDERS: dict[str, Callable[[PairContext], tuple[list[str], dict[str, Any]]]] = {
+    "ticks_report": _build_ticks_report,
+    "split": _build_split,
+    "bars": _build_bars,
+    "features": _build_features,
+    "labels": _build_labels,
+    "patterns": _build_patterns,
+    "regimes": _build_regimes,
+}
+
+
+def run_base_stages(ctx: PairContext) -> None:
+    """Build or reuse every generate-base stage of one pair, in dependency order."""
+    for name, (config_hash, depends) in _stage_specs(ctx.config).items():
+        _run_stage(ctx, name, config_hash, depends, _BUILDERS[name])
+
+
+def generate_base(parquet_path: str | Path, output_dir: str | Path, config: Config,
+                  force_rerun: bool = False) -> dict[str, Any]:
+    """Build one pair's research base under ``output_dir/PAIR_YEAR`` and return a summary.
+
+    Raises on invalid input (file name, unknown symbol, tick validation) and on a failed
+    stage, with a one-line message naming the pair; stages finished before the failure
+    stay recorded in the manifest.
+    """
+    started = time.perf_counter()
+    ctx = open_pair(parquet_path, output_dir, config, force_rerun)
+    run_base_stages(ctx)
+    seconds = time.perf_counter() - started
+    message = f"{len(ctx.built)} stages built, {len(ctx.reused)} reused"
+    logger.info("%s: generate-base done in %.1fs (%s)", ctx.pair_year, seconds, message)
+    return {
+        "pair_year": ctx.pair_year,
+        "synthetic": ctx.is_synthetic,
+        "built": ctx.built,
+        "reused": ctx.reused,
+        "seconds": seconds,
+        "message": message,
+    }
