@@ -108,6 +108,12 @@ class PatternsConfig:
     min_win_rate_edge: float = 0.05
     max_patterns: int = 50
     min_bars: int = 200
+    # A candidate also needs this binomial z-score of its train win rate against the base rate.
+    min_z_train: float = 2.0
+    # Two-condition candidates pair up this many of the best single conditions per side.
+    max_conjunction_conditions: int = 20
+    # A feature with at most this many distinct train values is binned by value, not by quantile.
+    max_categories: int = 8
 
 
 @dataclass(frozen=True)
