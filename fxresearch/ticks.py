@@ -309,7 +309,8 @@ def _integer_epoch_to_ns(column: pa.ChunkedArray, name: str,
 
 def _float_epoch_to_ns(column: pa.ChunkedArray, name: str,
                        path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
-    # NOTE: float64 keeps about 16 digits, so float epochs in ns lose the last few hundred ns.
+    # NOTE: float64 keeps about 16 significant digits, so a float epoch in µs or ns is already
+    # rounded in the file, by up to a few hundred ns.
     values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     finite = np.isfinite(values)
     if not finite.any():
@@ -319,7 +320,11 @@ def _float_epoch_to_ns(column: pa.ChunkedArray, name: str,
     for value in (smallest, largest):
         if not MIN_TIMESTAMP_NS / ns_per_unit <= value < MAX_TIMESTAMP_NS / ns_per_unit:
             raise _out_of_range_error(path, name, value, unit)
-    timestamp_ns = np.rint(np.where(finite, values, 0.0) * ns_per_unit).astype(np.int64)
+    # Whole units and the fraction are scaled apart, because the product of a float epoch
+    # and 1e9 is past float64's exact integers and would round the nanoseconds.
+    values = np.where(finite, values, 0.0)
+    whole = np.floor(values)
+    timestamp_ns = whole.astype(np.int64) * ns_per_unit + np.rint((values - whole) * ns_per_unit).astype(np.int64)
     return timestamp_ns, (None if finite.all() else finite), unit
 
 
