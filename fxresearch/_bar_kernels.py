@@ -7,15 +7,33 @@ the result in a DataFrame.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
+
+
+@njit(cache=True)
+def first_invalid_tick_nb(timestamp_ns, bid, ask):
+    """Return the index of the first tick that goes back in time or has a NaN or infinite price.
+
+    Returns -1 when every tick is valid. It makes one pass and allocates no temporary arrays, unlike the
+    equivalent numpy expressions.
+    """
+    n_ticks = timestamp_ns.shape[0]
+    for i in range(n_ticks):
+        if not (math.isfinite(bid[i]) and math.isfinite(ask[i])):
+            return i
+        if i > 0 and timestamp_ns[i] < timestamp_ns[i - 1]:
+            return i
+    return -1
 
 
 @njit(cache=True)
 def count_bars_nb(timestamp_ns, timeframe_ns):
     """Count the UTC bins of ``timeframe_ns`` that hold at least one tick.
 
-    ``timestamp_ns`` must be sorted ascending. Equals ``len(np.unique(timestamp_ns // tf))``.
+    ``timestamp_ns`` must be sorted ascending. Equals ``len(np.unique(timestamp_ns // timeframe_ns))``.
     """
     n_ticks = timestamp_ns.shape[0]
     n_bars = 0
@@ -28,6 +46,28 @@ def count_bars_nb(timestamp_ns, timeframe_ns):
             n_bars += 1
             bin_end_ns = (timestamp_ns[i] // timeframe_ns) * timeframe_ns + timeframe_ns
     return n_bars
+
+
+@njit(cache=True, inline="always")
+def _store_bar(k, b_open, b_high, b_low, b_close, a_open, a_high, a_low, a_close,
+               spread_sum, spread_top, first, last,
+               bid_open, bid_high, bid_low, bid_close, ask_open, ask_high, ask_low, ask_close,
+               spread_mean, spread_max, tick_count, first_tick, last_tick):
+    """Write one finished bar, ticks ``first`` to ``last`` inclusive, into row ``k``."""
+    bid_open[k] = b_open
+    bid_high[k] = b_high
+    bid_low[k] = b_low
+    bid_close[k] = b_close
+    ask_open[k] = a_open
+    ask_high[k] = a_high
+    ask_low[k] = a_low
+    ask_close[k] = a_close
+    count = last - first + 1
+    spread_mean[k] = spread_sum / count
+    spread_max[k] = spread_top
+    tick_count[k] = count
+    first_tick[k] = first
+    last_tick[k] = last
 
 
 @njit(cache=True)
@@ -67,8 +107,15 @@ def build_bars_nb(timestamp_ns, bid, ask, timeframe_ns):
     last_tick = np.empty(n_bars, dtype=np.int64)
     gap_before = np.empty(n_bars, dtype=np.bool_)
 
+    # The bar being built lives in local variables, which the compiler can keep in registers,
+    # and is written to the output arrays once, when the next bar opens or the ticks end.
     k = -1
     bin_end_ns = 0
+    bar_open_ns = 0
+    b_open = b_high = b_low = b_close = 0.0
+    a_open = a_high = a_low = a_close = 0.0
+    spread_sum = spread_top = 0.0
+    first = 0
     for i in range(n_ticks):
         ts = timestamp_ns[i]
         b = bid[i]
@@ -76,42 +123,41 @@ def build_bars_nb(timestamp_ns, bid, ask, timeframe_ns):
         spread = a - b
 
         if k < 0 or ts >= bin_end_ns:
+            if k >= 0:
+                _store_bar(k, b_open, b_high, b_low, b_close, a_open, a_high, a_low, a_close,
+                           spread_sum, spread_top, first, i - 1,
+                           bid_open, bid_high, bid_low, bid_close, ask_open, ask_high, ask_low,
+                           ask_close, spread_mean, spread_max, tick_count, first_tick, last_tick)
             k += 1
+            previous_open_ns = bar_open_ns
             bar_open_ns = (ts // timeframe_ns) * timeframe_ns
             bin_end_ns = bar_open_ns + timeframe_ns
             open_ns[k] = bar_open_ns
-            gap_before[k] = k > 0 and bar_open_ns - open_ns[k - 1] > timeframe_ns
-            bid_open[k] = b
-            bid_high[k] = b
-            bid_low[k] = b
-            ask_open[k] = a
-            ask_high[k] = a
-            ask_low[k] = a
-            # spread_mean holds the running sum until the division after the loop.
-            spread_mean[k] = spread
-            spread_max[k] = spread
-            tick_count[k] = 1
-            first_tick[k] = i
+            gap_before[k] = k > 0 and bar_open_ns - previous_open_ns > timeframe_ns
+            b_open = b_high = b_low = b
+            a_open = a_high = a_low = a
+            spread_sum = spread_top = spread
+            first = i
         else:
-            if b > bid_high[k]:
-                bid_high[k] = b
-            if b < bid_low[k]:
-                bid_low[k] = b
-            if a > ask_high[k]:
-                ask_high[k] = a
-            if a < ask_low[k]:
-                ask_low[k] = a
-            if spread > spread_max[k]:
-                spread_max[k] = spread
-            spread_mean[k] += spread
-            tick_count[k] += 1
+            if b > b_high:
+                b_high = b
+            if b < b_low:
+                b_low = b
+            if a > a_high:
+                a_high = a
+            if a < a_low:
+                a_low = a
+            if spread > spread_top:
+                spread_top = spread
+            spread_sum += spread
+        b_close = b
+        a_close = a
 
-        bid_close[k] = b
-        ask_close[k] = a
-        last_tick[k] = i
-
-    for k in range(n_bars):
-        spread_mean[k] /= tick_count[k]
+    if k >= 0:
+        _store_bar(k, b_open, b_high, b_low, b_close, a_open, a_high, a_low, a_close,
+                   spread_sum, spread_top, first, n_ticks - 1,
+                   bid_open, bid_high, bid_low, bid_close, ask_open, ask_high, ask_low,
+                   ask_close, spread_mean, spread_max, tick_count, first_tick, last_tick)
 
     return (open_ns, bid_open, bid_high, bid_low, bid_close, ask_open, ask_high, ask_low,
             ask_close, spread_mean, spread_max, tick_count, first_tick, last_tick, gap_before)

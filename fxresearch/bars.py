@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fxresearch._bar_kernels import build_bars_nb
+from fxresearch._bar_kernels import build_bars_nb, first_invalid_tick_nb
 from fxresearch.timeutil import NS_PER_MINUTE
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def _check_ticks(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray
             f"ask {ask.shape}. Pass one bid and one ask per timestamp."
         )
 
-    if len(timestamp_ns) > 1:
+    # The compiled scan is the fast path. Numpy locates and counts the problem only when there is one.
+    if first_invalid_tick_nb(timestamp_ns, bid, ask) >= 0:
         backwards = np.flatnonzero(timestamp_ns[1:] < timestamp_ns[:-1])
         if len(backwards):
             first = int(backwards[0]) + 1
@@ -114,14 +115,13 @@ def _check_ticks(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray
                 f"first at index {first} ({timestamp_ns[first]} after {timestamp_ns[first - 1]}). "
                 f"Sort the ticks stably by time before building bars."
             )
-
-    for name, prices in (("bid", bid), ("ask", ask)):
-        bad = np.flatnonzero(~np.isfinite(prices))
-        if len(bad):
-            raise ValueError(
-                f"{name} has {len(bad)} NaN or infinite prices, the first at index {int(bad[0])}. "
-                f"Drop invalid ticks (fxresearch.ticks) before building bars."
-            )
+        for name, prices in (("bid", bid), ("ask", ask)):
+            bad = np.flatnonzero(~np.isfinite(prices))
+            if len(bad):
+                raise ValueError(
+                    f"{name} has {len(bad)} NaN or infinite prices, the first at index {int(bad[0])}. "
+                    f"Drop invalid ticks (fxresearch.ticks) before building bars."
+                )
     return timestamp_ns, bid, ask
 
 
@@ -141,11 +141,11 @@ def build_bars(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray,
     Returns
     -------
     pd.DataFrame
-        One row per UTC bin with at least one tick, columns ``BAR_COLUMNS``: ``timestamp``
-        (bar open, int64 ns UTC), bid and ask OHLC, ``spread_mean`` and ``spread_max``
-        (``ask - bid`` in price units), ``tick_count``, ``first_tick`` and ``last_tick``
-        (inclusive indices into the input arrays) and ``gap_before`` (the previous bar
-        opened more than one timeframe earlier).
+        One row per UTC bin with at least one tick, with the columns of ``BAR_COLUMNS``.
+        ``timestamp`` is the bar open in int64 ns UTC. Bid and ask OHLC follow, then
+        ``spread_mean`` and ``spread_max`` (``ask - bid`` in price units) and ``tick_count``.
+        ``first_tick`` and ``last_tick`` are inclusive indices into the input arrays.
+        ``gap_before`` is True when the previous bar opened more than one timeframe earlier.
 
     Raises
     ------
@@ -171,7 +171,7 @@ def bars_to_table(df: pd.DataFrame) -> pa.Table:
     """
     missing = [name for name in BAR_COLUMNS if name not in df.columns]
     if missing:
-        raise ValueError(f"Bar DataFrame is missing columns {missing}; build it with build_bars.")
+        raise ValueError(f"Bar DataFrame is missing columns {missing}. Build it with build_bars.")
     timestamp = df["timestamp"].to_numpy()
     if not np.issubdtype(timestamp.dtype, np.integer):
         raise ValueError(
@@ -186,7 +186,7 @@ def bars_to_table(df: pd.DataFrame) -> pa.Table:
 
 
 def read_bars(path: str | Path) -> pd.DataFrame:
-    """Read a bar parquet file written from ``bars_to_table``; ``timestamp`` comes back as int64 ns UTC.
+    """Read a bar parquet file written from ``bars_to_table``, with ``timestamp`` as int64 ns UTC.
 
     A ``timestamp`` column in another unit, or without a time zone (read as UTC), is converted
     to nanoseconds.
@@ -197,13 +197,13 @@ def read_bars(path: str | Path) -> pd.DataFrame:
     table = pq.read_table(path)
     missing = [name for name in BAR_COLUMNS if name not in table.column_names]
     if missing:
-        raise ValueError(f"Bar file {path} is missing columns {missing}; rebuild it with generate-base.")
+        raise ValueError(f"Bar file {path} is missing columns {missing}. Rebuild it with generate-base.")
 
     timestamp = table.column("timestamp")
     if not pa.types.is_timestamp(timestamp.type):
         raise ValueError(
             f"Bar file {path}: column 'timestamp' has type {timestamp.type}, expected "
-            f"timestamp[ns, tz=UTC]; rebuild it with generate-base."
+            f"timestamp[ns, tz=UTC]. Rebuild it with generate-base."
         )
     # Arrow stores timestamps as UTC epoch values whatever the zone, so the int64 is UTC.
     timestamp_ns = timestamp.cast(pa.timestamp("ns")).cast(pa.int64())
@@ -248,6 +248,6 @@ def entry_tick_index(timestamp_ns_ticks: np.ndarray, bars: pd.DataFrame, timefra
             f"dtype {ticks_ns.dtype} with shape {ticks_ns.shape}."
         )
     if len(ticks_ns) > 1 and np.any(ticks_ns[1:] < ticks_ns[:-1]):
-        raise ValueError("timestamp_ns_ticks is not sorted ascending; sort the ticks stably by time.")
+        raise ValueError("timestamp_ns_ticks is not sorted ascending. Sort the ticks stably by time.")
     close_ns = bar_close_ns(bars, timeframe_min)
     return np.searchsorted(ticks_ns.astype(np.int64, copy=False), close_ns, side="left").astype(np.int64)

@@ -250,6 +250,10 @@ class TestInputValidation:
         with pytest.raises(ValueError, match="ask has 1 NaN"):
             build_bars(np.array([1, 2]), [1.0, 1.0], [1.0, np.nan], 1)
 
+    def test_rejects_infinite_bid(self):
+        with pytest.raises(ValueError, match="bid has 1 NaN or infinite.*index 0"):
+            build_bars(np.array([1, 2]), [np.inf, 1.0], [1.0, 1.0], 1)
+
     @pytest.mark.parametrize("timeframe_min", [0, -5, 2.5, 5.0, "5", True, None])
     def test_rejects_bad_timeframe(self, timeframe_min):
         with pytest.raises(ValueError, match="timeframe_min"):
