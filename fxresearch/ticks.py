@@ -36,7 +36,7 @@ from fxresearch.timeutil import ns_to_datetime
 logger = logging.getLogger(__name__)
 
 # Accepted column names, compared after lowercasing and turning spaces and hyphens into
-# underscores; the first name present wins.
+# underscores. When several are present, the first name in the tuple wins.
 TIMESTAMP_COLUMNS = ("timestamp", "time", "datetime", "date", "ts", "ts_event")
 BID_COLUMNS = ("bid", "bid_price", "bidprice")
 ASK_COLUMNS = ("ask", "ask_price", "askprice", "offer")
@@ -46,7 +46,7 @@ MIN_TIMESTAMP_NS = 631_152_000_000_000_000
 MAX_TIMESTAMP_NS = 4_102_444_800_000_000_000
 
 # Nanoseconds per unit of an integer epoch, smallest unit last. Within 1990-2100 the four
-# units give magnitudes about 150 times apart, so the largest value tells the unit.
+# units give magnitudes about 150 times apart, so the largest magnitude determines the unit.
 _EPOCH_UNITS = (
     ("seconds", 1_000_000_000, 1e11),
     ("milliseconds", 1_000_000, 1e14),
@@ -66,7 +66,7 @@ class TickDataError(ValueError):
 class Ticks:
     """Validated ticks of one pair and year, sorted by time.
 
-    ``timestamp_ns`` holds int64 nanoseconds since the epoch in UTC, non-decreasing; ticks
+    ``timestamp_ns`` contains int64 nanoseconds since the epoch in UTC, non-decreasing. Ticks
     with equal timestamps keep their file order. ``bid`` and ``ask`` are float64 prices in
     quote currency with ``0 < bid <= ask``. The three arrays are read-only, because every
     stage of the pair shares them.
@@ -98,7 +98,7 @@ def load_ticks(path: str | Path, config: Config) -> Ticks:
     timestamps of any unit and zone, integer or float epochs in s, ms, µs or ns (the unit is
     inferred from the magnitude), or ISO strings. A timestamp without a zone is read as UTC
     and recorded in the report's ``warnings``. Prices may be floats, integers, decimals or
-    strings; a string that is not a number counts as a missing price. Integer prices are
+    strings. A string that is not a number counts as a missing price. Integer prices are
     taken as prices, not as fixed-point values.
 
     Parameters
@@ -122,7 +122,7 @@ def load_ticks(path: str | Path, config: Config) -> Ticks:
     FileNotFoundError
         The file does not exist.
     TickDataError
-        The file is unreadable, lacks a column, holds timestamps outside 1990-2100, has
+        The file is unreadable, lacks a column, contains timestamps outside 1990-2100, has
         more invalid rows than allowed, or has no valid tick.
     """
     path = Path(path)
@@ -138,26 +138,17 @@ def load_ticks(path: str | Path, config: Config) -> Ticks:
     ask_name = _find_column(schema, ASK_COLUMNS, "ask", path)
     synthetic = (schema.metadata or {}).get(b"synthetic", b"").decode() == "true"
 
-    try:
-        table = pq.read_table(path, columns=[timestamp_name, bid_name, ask_name])
-    except (pa.ArrowException, OSError) as exc:
-        raise TickDataError(f"Cannot read tick file {path}: {exc}. Check that it is a complete parquet file.") from exc
-    rows_read = table.num_rows
     warnings: list[str] = []
-
-    timestamp_ns, timestamp_valid, source_timestamp_type = _timestamps_to_ns(
-        table.column(timestamp_name), timestamp_name, path, warnings)
-    bid = _prices_to_float(table.column(bid_name), bid_name, warnings)
-    ask = _prices_to_float(table.column(ask_name), ask_name, warnings)
-    del table
-
-    timestamp_ns, bid, ask, counts = _validate(
-        timestamp_ns, timestamp_valid, bid, ask, path, config.ticks.max_invalid_fraction)
+    columns = _read_columns(path, timestamp_name, bid_name, ask_name, warnings)
+    rows_read = len(columns.timestamp_ns)
+    counts = _validate(columns, path, config.ticks.max_invalid_fraction)
+    timestamp_ns, bid, ask = columns.timestamp_ns, columns.bid, columns.ask
+    del columns
     for array in (timestamp_ns, bid, ask):
         array.flags.writeable = False
 
     report = _build_report(path, pair_year, symbol, instrument, rows_read, counts, timestamp_ns,
-                           bid, ask, synthetic, source_timestamp_type, warnings)
+                           bid, ask, synthetic, counts["source_timestamp_type"], warnings)
     for warning in warnings:
         logger.warning("%s: %s", pair_year, warning)
     logger.info(
@@ -235,7 +226,7 @@ def _timestamps_to_ns(column: pa.ChunkedArray, name: str, path: Path,
 
     if pa.types.is_timestamp(kind):
         # Arrow stores zoned timestamps as UTC instants, so a zone such as America/New_York
-        # needs no shift; a naive timestamp has no stated zone and is read as UTC.
+        # needs no shift. A naive timestamp has no stated zone and is read as UTC.
         if kind.tz is None:
             warnings.append(f"column {name!r} ({kind}) has no time zone; its times were read as UTC")
         try:
@@ -338,8 +329,8 @@ def _iso_strings_to_ns(column: pa.ChunkedArray, name: str, path: Path,
             f"they were read as UTC"
         )
 
-    # NaT marks a missing or unparseable string; pandas also gives NaT for times it cannot
-    # hold in nanoseconds, so those count as missing timestamps.
+    # NaT marks a missing or unparseable string. Pandas also returns NaT for times outside
+    # the nanosecond range, so those count as missing timestamps.
     parsed = pd.DatetimeIndex(pd.to_datetime(
         column.to_numpy(zero_copy_only=False), utc=True, format="ISO8601", errors="coerce"))
     missing = np.asarray(parsed.isna())
@@ -360,9 +351,9 @@ def _check_timestamp_range(timestamp_ns: np.ndarray, valid: np.ndarray | None, n
         return
     for value in (int(present.min()), int(present.max())):
         if not MIN_TIMESTAMP_NS <= value < MAX_TIMESTAMP_NS:
-            shown = pd.Timestamp(value, unit="ns", tz="UTC").isoformat()
+            iso_time = pd.Timestamp(value, unit="ns", tz="UTC").isoformat()
             raise TickDataError(
-                f"Tick file {path}: timestamp {shown} in column {name!r} ({description}) is outside "
+                f"Tick file {path}: timestamp {iso_time} in column {name!r} ({description}) is outside "
                 f"1990-01-01 to 2100-01-01 UTC. Check the column's unit and zone, or remove the row."
             )
 
@@ -387,22 +378,67 @@ def _prices_to_float(column: pa.ChunkedArray, name: str, warnings: list[str]) ->
     )
 
 
-def _validate(timestamp_ns: np.ndarray, timestamp_valid: np.ndarray | None, bid: np.ndarray,
-              ask: np.ndarray, path: Path,
-              max_invalid_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """Drop missing-timestamp rows, sort, drop duplicates and invalid quotes; return arrays and counts."""
-    counts: dict[str, int] = {"missing_timestamp": 0}
-    if timestamp_valid is not None:
-        counts["missing_timestamp"] = int(len(timestamp_valid) - timestamp_valid.sum())
-        timestamp_ns, bid, ask = timestamp_ns[timestamp_valid], bid[timestamp_valid], ask[timestamp_valid]
+@dataclass
+class _TickColumns:
+    """Tick columns during validation. Each step replaces an array, so the old one is freed."""
 
-    # A stable sort keeps the file order of ticks that share a timestamp: it is the only
-    # order the vendor gave them.
+    timestamp_ns: np.ndarray
+    timestamp_valid: np.ndarray | None
+    bid: np.ndarray
+    ask: np.ndarray
+    source_timestamp_type: str
+
+    def take(self, index: np.ndarray) -> None:
+        """Keep the rows selected by a boolean mask or an index array, one column at a time."""
+        self.timestamp_ns = self.timestamp_ns[index]
+        self.bid = self.bid[index]
+        self.ask = self.ask[index]
+
+
+def _read_columns(path: Path, timestamp_name: str, bid_name: str, ask_name: str,
+                  warnings: list[str]) -> _TickColumns:
+    """Read and convert the three columns one at a time, so one Arrow column is in memory at once."""
+    try:
+        parquet_file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise TickDataError(f"Cannot read tick file {path}: {exc}. Check that it is a complete parquet file.") from exc
+
+    def read(name: str) -> pa.ChunkedArray:
+        try:
+            return parquet_file.read(columns=[name]).column(0)
+        except (pa.ArrowException, OSError) as exc:
+            raise TickDataError(
+                f"Cannot read column {name!r} of tick file {path}: {exc}. "
+                f"Check that it is a complete parquet file."
+            ) from exc
+
+    timestamp_ns, timestamp_valid, source_timestamp_type = _timestamps_to_ns(
+        read(timestamp_name), timestamp_name, path, warnings)
+    bid = _prices_to_float(read(bid_name), bid_name, warnings)
+    ask = _prices_to_float(read(ask_name), ask_name, warnings)
+    return _TickColumns(timestamp_ns, timestamp_valid, bid, ask, source_timestamp_type)
+
+
+def _validate(columns: _TickColumns, path: Path, max_invalid_fraction: float) -> dict[str, Any]:
+    """Drop rows without a timestamp, sort, then drop duplicates and invalid quotes, in place.
+
+    Returns the counts for the report.
+    """
+    rows_read = len(columns.timestamp_ns)
+    counts: dict[str, Any] = {"source_timestamp_type": columns.source_timestamp_type, "missing_timestamp": 0}
+    if columns.timestamp_valid is not None:
+        counts["missing_timestamp"] = int(rows_read - np.count_nonzero(columns.timestamp_valid))
+        columns.take(columns.timestamp_valid)
+        columns.timestamp_valid = None
+
+    # A stable sort keeps the file order of ticks that share a timestamp, because that is
+    # the only order the vendor gave them.
+    timestamp_ns = columns.timestamp_ns
     counts["out_of_order"] = int(np.count_nonzero(timestamp_ns[1:] < timestamp_ns[:-1]))
     if counts["out_of_order"]:
-        order = np.argsort(timestamp_ns, kind="stable")
-        timestamp_ns, bid, ask = timestamp_ns[order], bid[order], ask[order]
-        del order
+        del timestamp_ns
+        columns.take(np.argsort(columns.timestamp_ns, kind="stable"))
+    timestamp_ns, bid, ask = columns.timestamp_ns, columns.bid, columns.ask
 
     keep = np.ones(len(timestamp_ns), dtype=bool)
     duplicates = _duplicate_rows(timestamp_ns, bid, ask)
@@ -418,21 +454,21 @@ def _validate(timestamp_ns: np.ndarray, timestamp_valid: np.ndarray | None, bid:
     counts["non_positive_price"] = int(np.count_nonzero(non_positive & keep))
     counts["crossed"] = int(np.count_nonzero(crossed & keep))
     keep &= ~(missing | non_positive | crossed)
-    del missing, non_positive, crossed
+    del missing, non_positive, crossed, timestamp_ns, bid, ask
 
-    _check_invalid_fraction(counts, len(timestamp_ns) + counts["missing_timestamp"], path,
-                            max_invalid_fraction)
+    _check_invalid_fraction(counts, rows_read, path, max_invalid_fraction)
     if not keep.any():
         raise TickDataError(
-            f"Tick file {path} contains no valid tick ({len(timestamp_ns) + counts['missing_timestamp']} "
-            f"rows read). Supply a file with at least one row of timestamp, bid and ask."
+            f"Tick file {path} contains no valid tick ({rows_read} rows read). "
+            f"Supply a file with at least one row of timestamp, bid and ask."
         )
     if not keep.all():
-        timestamp_ns, bid, ask = timestamp_ns[keep], bid[keep], ask[keep]
+        columns.take(keep)
+    del keep
 
-    counts["zero_spread"] = int(np.count_nonzero(bid == ask))
-    counts["equal_timestamps"] = int(np.count_nonzero(timestamp_ns[1:] == timestamp_ns[:-1]))
-    return timestamp_ns, bid, ask, counts
+    counts["zero_spread"] = int(np.count_nonzero(columns.bid == columns.ask))
+    counts["equal_timestamps"] = int(np.count_nonzero(columns.timestamp_ns[1:] == columns.timestamp_ns[:-1]))
+    return counts
 
 
 def _duplicate_rows(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
@@ -451,8 +487,8 @@ def _duplicate_rows(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) 
     rows = np.flatnonzero(in_run)
     del in_run, same_as_previous
 
-    # np.lexsort sorts by the last key first; the row index as the first key keeps equal
-    # rows in file order, so the survivor is the earliest.
+    # np.lexsort sorts by the last key first. The row index, as the first key, keeps equal
+    # rows in file order, so the earliest one survives.
     rows = rows[np.lexsort((rows, ask[rows], bid[rows], timestamp_ns[rows]))]
     repeats = ((timestamp_ns[rows[1:]] == timestamp_ns[rows[:-1]])
                & (bid[rows[1:]] == bid[rows[:-1]])
@@ -460,7 +496,7 @@ def _duplicate_rows(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) 
     return np.sort(rows[1:][repeats])
 
 
-def _check_invalid_fraction(counts: dict[str, int], rows_read: int, path: Path,
+def _check_invalid_fraction(counts: dict[str, Any], rows_read: int, path: Path,
                             max_invalid_fraction: float) -> None:
     """Raise when more than ``max_invalid_fraction`` of the non-duplicate rows is invalid."""
     checked = rows_read - counts["duplicates_dropped"]
@@ -479,7 +515,7 @@ def _check_invalid_fraction(counts: dict[str, int], rows_read: int, path: Path,
 
 
 def _build_report(path: Path, pair_year: str, symbol: str, instrument: Instrument, rows_read: int,
-                  counts: dict[str, int], timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray,
+                  counts: dict[str, Any], timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray,
                   synthetic: bool, source_timestamp_type: str, warnings: list[str]) -> dict[str, Any]:
     """Return the JSON-ready report of one tick file.
 

@@ -473,11 +473,11 @@ def test_write_ticks_report(tmp_path: Path) -> None:
 
 # --- real tick files --------------------------------------------------------------------
 
-# From the data set's description: rows, exact duplicate rows, repeated timestamps and zero
-# spreads per file. Its "repeated timestamps" counts rows of the stored file whose timestamp
-# equals the previous row's, duplicates included (checked below against the stored files).
-# The report's equal_timestamps counts the same among the kept ticks, so it is the repeated
-# count minus the duplicates, since every dropped duplicate shares the timestamp of a kept row.
+# Per real tick file: rows, exact duplicate rows, repeated timestamps and zero spreads, as
+# documented with the data. "Repeated timestamps" counts rows of the stored file whose
+# timestamp equals the previous row's, duplicates included, which the meaning test checks.
+# The report's equal_timestamps counts the same among the kept ticks. Every dropped
+# duplicate shares its timestamp with a kept tick, so equal_timestamps = repeated - duplicates.
 REAL_FILES = [
     ("EURUSD_2014", 532_903, 12, 4_494, 0),
     ("NZDUSD_2014", 457_699, 31, 7_043, 0),
