@@ -1,0 +1,265 @@
+"""Command line: run generate-base or search-light on one tick file or on a folder (VAST mode).
+
+Examples::
+
+    python main.py --parquet data/parquet/EURUSD_2025.parquet --generate-base
+    python main.py --vast-mode --input-dir data/parquet --generate-base --dry-run
+    python main.py --vast-mode --search-light --pairs EURUSD,GBPJPY --parallel-pairs 4
+
+Exit codes: 0 when every pair succeeded, 1 when any pair failed, 2 for a usage error
+(printed as one line on stderr), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from fxresearch import __version__
+
+DEFAULT_INPUT_DIR = Path("data/parquet")
+DEFAULT_OUTPUT_DIR = Path("output")
+JOB_FLAGS = ("--generate-base", "--search-light")
+NO_MODE_MESSAGE = "Must specify either --generate-base or --search-light"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit code 2.
+
+    ``hint`` adds "run with --help"; it is off for errors about a file's content.
+    """
+
+    def __init__(self, message: str, hint: bool = True) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose errors are one line on stderr and exit code 2, without the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        conflict = re.fullmatch(r"argument (\S+): not allowed with argument (\S+)", message)
+        if conflict and conflict[1] in JOB_FLAGS and conflict[2] in JOB_FLAGS:
+            message = f"Only one job per run: {conflict[2]} and {conflict[1]} cannot be combined"
+        _exit_usage(message)
+
+
+def _exit_usage(message: str, hint: bool = True) -> NoReturn:
+    suffix = " (run with --help for usage)" if hint else ""
+    sys.stderr.write(f"error: {message}{suffix}\n")
+    sys.exit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser: an input (one file or a folder), exactly one job, and run options."""
+    parser = _Parser(
+        prog="main.py",
+        description="FX tick research: build a pair's research base or search strategies on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"fxresearch {__version__}")
+
+    inputs = parser.add_argument_group("input")
+    inputs.add_argument("--parquet", type=Path, metavar="FILE",
+                        help="one tick file named PAIR_YEAR.parquet, run in this process")
+    inputs.add_argument("--vast-mode", action="store_true",
+                        help="run every PAIR_YEAR.parquet file of --input-dir, several pairs at once")
+    inputs.add_argument("--input-dir", type=Path, metavar="DIR",
+                        help=f"folder of PAIR_YEAR.parquet files for --vast-mode (default {DEFAULT_INPUT_DIR}/; "
+                             "when that is empty, the built-in synthetic sample is written there)")
+
+    modes = parser.add_argument_group("job (exactly one)").add_mutually_exclusive_group()
+    modes.add_argument("--generate-base", dest="job", action="store_const", const="generate-base",
+                       help="build ticks report, bars, features, labels, patterns and regimes")
+    modes.add_argument("--search-light", dest="job", action="store_const", const="search-light",
+                       help="run the light strategy search on the research base")
+
+    vast = parser.add_argument_group("VAST mode")
+    vast.add_argument("--parallel-pairs", type=_positive_int, metavar="N",
+                      help="pairs run at once (default: cores // 4, at most 30, lowered to fit memory)")
+    vast.add_argument("--max-workers", type=_positive_int, metavar="N",
+                      help="threads per pair for numba, BLAS and Arrow (default: cores // parallel pairs, "
+                           "at most 4)")
+    vast.add_argument("--pairs", metavar="LIST",
+                      help="comma-separated symbols or PAIR_YEAR ids to run, e.g. EURUSD,GBPJPY_2020")
+    vast.add_argument("--dry-run", action="store_true", help="print the resources and the plan, then stop")
+
+    options = parser.add_argument_group("options")
+    options.add_argument("--force-rerun", action="store_true", help="rebuild every artifact, even when current")
+    options.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, metavar="DIR",
+                         help=f"results folder; each pair writes under DIR/PAIR_YEAR/ (default {DEFAULT_OUTPUT_DIR}/)")
+    options.add_argument("--config", type=Path, metavar="FILE", help="TOML file overriding configuration defaults")
+    options.add_argument("--log-level", default="WARNING", type=str.upper,
+                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                         help="console log level (default WARNING); the run log file always has INFO")
+    return parser
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Raise UsageError for combinations argparse cannot check."""
+    if args.job is None:
+        raise UsageError(NO_MODE_MESSAGE)
+    if args.parquet is not None and args.vast_mode:
+        raise UsageError("Use either --parquet FILE (one pair) or --vast-mode (a folder), not both")
+    if args.parquet is None and not args.vast_mode:
+        raise UsageError("Must specify either --parquet FILE (one pair) or --vast-mode (a folder of "
+                         "PAIR_YEAR.parquet files)")
+    if not args.vast_mode:
+        vast_only = {"--input-dir": args.input_dir is not None, "--parallel-pairs": args.parallel_pairs is not None,
+                     "--max-workers": args.max_workers is not None, "--pairs": args.pairs is not None,
+                     "--dry-run": args.dry_run}
+        given = [name for name, present in vast_only.items() if present]
+        if given:
+            raise UsageError(f"{', '.join(given)} only applies with --vast-mode")
+    if args.parquet is not None and not args.parquet.is_file():
+        raise UsageError(f"Parquet file not found: {args.parquet}", hint=False)
+    if args.input_dir is not None and not args.input_dir.is_dir():
+        raise UsageError(f"Input folder not found: {args.input_dir}. --input-dir must be a folder of "
+                         "PAIR_YEAR.parquet files", hint=False)
+
+
+def _load_config(path: Path | None):
+    from fxresearch.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc), hint=False) from None
+
+
+def run_single(args: argparse.Namespace, config) -> int:
+    """Run one pair in this process and print the same line and summary as VAST mode."""
+    import vast_mode
+    from fxresearch.naming import InvalidFileNameError, parse_pair_filename
+
+    try:
+        parse_pair_filename(args.parquet)
+    except InvalidFileNameError as exc:
+        raise UsageError(str(exc), hint=False) from None
+
+    resources = vast_mode.detect_resources()
+    workers = vast_mode.plan_workers(resources.cores, n_pairs=1).workers_per_pair
+    run_logs = _start_run_logs(args)
+    print(f"fxresearch {__version__} - {args.job} on {args.parquet} ({workers} workers)")
+    print(f"Run log: {run_logs.log_path}")
+
+    summary = vast_mode.run_single_pair(args.parquet, args.job, args.output_dir, config, args.force_rerun,
+                                        workers, run_logs)
+    vast_mode.print_summary(summary, run_logs)
+    return EXIT_OK if summary.failed == 0 else EXIT_FAILED
+
+
+def _start_run_logs(args: argparse.Namespace):
+    import vast_mode
+
+    run_logs = vast_mode.new_run_logs(args.output_dir, getattr(logging, args.log_level))
+    vast_mode.configure_run_logging(run_logs, run_logs.console_level)
+    logging.getLogger(__name__).info("fxresearch %s: %s", __version__, " ".join(sys.argv))
+    return run_logs
+
+
+def _prepare_input_dir(args: argparse.Namespace, config) -> tuple[Path, bool]:
+    """Return the input folder, writing the built-in sample into the default one when it is empty.
+
+    The second value is True when the sample was (or, on a dry run, would be) written.
+    """
+    from fxresearch.naming import scan_input_dir
+
+    if args.input_dir is not None:
+        return args.input_dir, False
+    folder = DEFAULT_INPUT_DIR
+    if folder.is_dir():
+        scan = scan_input_dir(folder)
+        if scan.valid or scan.invalid:
+            return folder, False
+
+    sample = config.sample
+    state = "empty" if folder.is_dir() else "missing"
+    print(f"{folder}/ is {state}: no --input-dir was given, so the built-in SYNTHETIC sample is used "
+          f"({len(sample.pairs)} pairs, {sample.weeks} weeks of {sample.year}, seed {sample.seed}).")
+    if args.dry_run:
+        print("Dry run: the sample is not written; a real run writes it to "
+              f"{folder}/ and runs on it. Results on it are synthetic, not market results.")
+        return folder, True
+
+    from fxresearch.sample import write_sample_set
+
+    print(f"Generating the synthetic sample in {folder}/ (files marked synthetic in their parquet metadata).")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_sample_set(folder, sample)
+    print(f"Wrote {len(written)} synthetic files. Results on them are SYNTHETIC, not market results.")
+    return folder, True
+
+
+def run_vast(args: argparse.Namespace, config) -> int:
+    """Scan the folder, print the banner and plan, then fan the pairs out."""
+    import vast_mode
+    from fxresearch.naming import scan_input_dir
+
+    folder, sample_pending = _prepare_input_dir(args, config)
+    if sample_pending and args.dry_run:
+        return EXIT_OK
+    scan = scan_input_dir(folder)
+    if not scan.valid and not scan.invalid:
+        raise UsageError(f"No parquet files found in {folder}", hint=False)
+
+    requested = args.pairs.split(",") if args.pairs is not None else None
+    try:
+        selected = vast_mode.select_pairs(scan.valid, requested)
+    except vast_mode.PairSelectionError as exc:
+        raise UsageError(str(exc), hint=False) from None
+
+    resources = vast_mode.detect_resources()
+    plan = vast_mode.make_plan(resources, selected, args.job, args.parallel_pairs, args.max_workers)
+    vast_mode.print_resources_banner(resources, scan, plan, args.job, input_dir=folder, output_dir=args.output_dir)
+    if args.dry_run:
+        vast_mode.print_plan(plan, args.output_dir)
+        print("Dry run: nothing was run.")
+        return EXIT_OK
+
+    run_logs = _start_run_logs(args)
+    print(f"Run log:            {run_logs.log_path}")
+    synthetic = {pair_year: info.synthetic for pair_year, info in plan.infos.items()}
+    summary = vast_mode.run_vast_mode(
+        list(plan.files), args.job, args.output_dir, config, plan.parallel_pairs, plan.workers_per_pair,
+        args.force_rerun, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic,
+    )
+    vast_mode.print_summary(summary, run_logs)
+    return EXIT_OK if summary.failed == 0 else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments, run, and return the exit code."""
+    # A console that cannot show a character gets "?" rather than a crash mid-run.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+    args = build_parser().parse_args(argv)
+    try:
+        validate_args(args)
+        config = _load_config(args.config)
+        return run_vast(args, config) if args.vast_mode else run_single(args, config)
+    except UsageError as exc:
+        _exit_usage(str(exc), exc.hint)
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted; artifacts already written are kept and reused by the next run.\n")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
