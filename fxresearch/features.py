@@ -105,20 +105,20 @@ def timestamp_column_ns(frame: pd.DataFrame, what: str = "table") -> np.ndarray:
         When the column is missing, or when its values are not strictly increasing.
     """
     if "timestamp" not in frame.columns:
-        raise ValueError(f"The {what} has no 'timestamp' column; columns are {list(frame.columns)}")
+        raise ValueError(f"The {what} has no 'timestamp' column. Its columns are {list(frame.columns)}")
     column = frame["timestamp"]
     if pd.api.types.is_datetime64_any_dtype(column):
         timestamp_ns = datetime_to_ns(column)
     elif pd.api.types.is_integer_dtype(column):
         timestamp_ns = column.to_numpy(dtype=np.int64)
     else:
-        raise ValueError(f"The {what}'s 'timestamp' column has dtype {column.dtype}; "
-                         f"expected int64 ns UTC or datetime64")
+        raise ValueError(f"The {what}'s 'timestamp' column has dtype {column.dtype}, but "
+                         f"int64 ns UTC or datetime64 is expected")
     if len(timestamp_ns) > 1:
         steps = np.diff(timestamp_ns)
         if (steps <= 0).any():
             row = int(np.flatnonzero(steps <= 0)[0]) + 1
-            raise ValueError(f"The {what}'s timestamps must be strictly increasing; row {row} "
+            raise ValueError(f"The {what}'s timestamps must be strictly increasing, but row {row} "
                              f"({timestamp_ns[row]}) is not after row {row - 1} "
                              f"({timestamp_ns[row - 1]}). Sort the table and drop duplicates.")
     return timestamp_ns
@@ -134,7 +134,7 @@ def build_features(bars: pd.DataFrame, timeframe_min: int, config: FeaturesConfi
         Bar table of ``bars.build_bars``: ``timestamp`` (bar open, int64 ns UTC or datetime),
         bid/ask OHLC and ``spread_mean`` (price units), sorted by time.
     timeframe_min
-        Bar length in minutes; used for logging and checks only, since windows count bars.
+        Bar length in minutes. Windows count bars, so it is only checked and logged.
     config
         Window lengths and the minimum bar count.
     instrument
@@ -182,7 +182,7 @@ def build_features(bars: pd.DataFrame, timeframe_min: int, config: FeaturesConfi
         raise ValueError(f"timeframe_min must be a positive number of minutes, got {timeframe_min}")
     missing = [c for c in REQUIRED_BAR_COLUMNS if c not in bars.columns]
     if missing:
-        raise ValueError(f"The bar table lacks columns {missing}; build it with bars.build_bars")
+        raise ValueError(f"The bar table is missing columns {missing}. Build it with bars.build_bars.")
 
     reason = insufficient_reason(len(bars), config)
     if reason is not None:
@@ -303,7 +303,7 @@ def join_higher_timeframe(lower: pd.DataFrame, lower_tf_min: int, higher: pd.Dat
 
 def _check_config(config: FeaturesConfig) -> None:
     if not config.return_lookbacks:
-        raise ValueError("features.return_lookbacks is empty; give at least one lookback in bars")
+        raise ValueError("features.return_lookbacks is empty. Give at least one lookback in bars.")
     if len(set(config.return_lookbacks)) != len(config.return_lookbacks):
         raise ValueError(f"features.return_lookbacks {config.return_lookbacks} repeats a value")
     for lookback in config.return_lookbacks:
@@ -347,7 +347,7 @@ def _mid_prices(bars: pd.DataFrame) -> pd.DataFrame:
 def _wilder_mean(values: pd.Series, window: int, first_row: int) -> pd.Series:
     """Return Wilder's running mean, seeded by the simple mean of ``values[first_row:first_row+window]``.
 
-    The seed sits on row ``first_row + window - 1``; rows before it are NaN.
+    The seed sits on row ``first_row + window - 1``, and rows before it are NaN.
     """
     seed_row = first_row + window - 1
     seeded = pd.Series(np.nan, index=values.index, dtype=np.float64)

@@ -13,10 +13,10 @@ part only: bars whose close (``open + timeframe``) is at or before ``split_ns``.
 training and holdout, is then assigned to its nearest centre, so a bar's regime depends on
 that bar's features and the training fit alone.
 
-KMeans is used rather than a Gaussian mixture because hard assignments to the nearest centre
-are what the strategies consume, it has no covariance matrices that can collapse on
-near-duplicate rows, and with a fixed ``random_state`` and ``n_init`` it returns the same
-centres on every run.
+KMeans is used rather than a Gaussian mixture for three reasons. The strategies consume hard
+assignments to the nearest centre. KMeans has no covariance matrices that can collapse on
+near-duplicate rows. With a fixed ``random_state`` and ``n_init`` it returns the same centres
+on every run.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 WARMUP_ID = -1
 WARMUP_NAME = "warmup"
-# Restarts of KMeans; the fit with the lowest inertia is kept.
+# KMeans restarts from this many initial centres and keeps the fit with the lowest inertia.
 KMEANS_N_INIT = 10
 
 
@@ -57,7 +57,7 @@ def empty_regimes() -> pd.DataFrame:
 
 
 def regime_features(features: pd.DataFrame, config: RegimesConfig) -> pd.DataFrame:
-    """Return the clustered features of each bar; a row is NaN where any input is missing.
+    """Return the clustered features of each bar, with a NaN row where any input is missing.
 
     A bar with zero volatility (a flat window) has no finite log volatility or trend and is
     NaN too.
@@ -73,7 +73,7 @@ def regime_features(features: pd.DataFrame, config: RegimesConfig) -> pd.DataFra
     missing = [c for c in (rv_name, return_name, er_name) if c not in features.columns]
     if missing:
         raise ValueError(
-            f"The feature table lacks {missing}, which the regimes stage clusters. Keep "
+            f"The feature table is missing {missing}, which the regimes stage clusters. Keep "
             f"volatility_window, a return lookback of {config.trend_lookback} and "
             f"efficiency_window in [features] equal to [regimes], or change [regimes].")
 
@@ -113,11 +113,11 @@ def build_regimes(features: pd.DataFrame, split_ns: int,
         name ``warmup``. The table is empty when fewer than ``config.min_bars`` training rows
         have complete features.
     model : dict
-        JSON-ready description: feature names, training mean and std, the training median
-        volatility, and per regime its id, name, centre in original units (``rv_<w>`` as a
-        one-bar log-return std, ``trend_<k>`` in volatility units, ``er_<m>``), training and
-        holdout counts, plus the fit's inertia. When the data are too few it holds
-        ``insufficient_data`` with the reason instead of the fit.
+        JSON-ready description of the fit: feature names, training mean and std, the training
+        median volatility and the inertia. Each regime has its id, name, training and holdout
+        counts, and centre in original units. The centre gives ``rv_<w>`` as a one-bar
+        log-return std, ``trend_<k>`` in volatility units and ``er_<m>``. When the data are
+        too few, ``insufficient_data`` holds the reason instead of the fit.
 
     Raises
     ------
@@ -163,7 +163,7 @@ def build_regimes(features: pd.DataFrame, split_ns: int,
     train_values = values[train_rows]
     train_mean = train_values.mean(axis=0)
     train_std = train_values.std(axis=0)
-    # A constant feature carries no information; a unit scale keeps it from dividing by zero.
+    # A constant feature carries no information, and a unit scale avoids dividing by zero.
     train_std = np.where(train_std > 0, train_std, 1.0)
     kmeans = KMeans(n_clusters=config.n_regimes, n_init=KMEANS_N_INIT,
                     random_state=config.random_state)
@@ -181,6 +181,8 @@ def build_regimes(features: pd.DataFrame, split_ns: int,
     if valid.any():
         clusters = kmeans.predict((values[valid] - train_mean) / train_std)
         regime_id[valid] = regime_of_cluster[clusters]
+    # NOTE: a bar after warm-up with zero volatility (a flat volatility window) also gets the
+    # warmup id and name, because its log volatility and trend are not finite.
     name_of_id = np.array([WARMUP_NAME, *regime_names], dtype=object)
     table = pd.DataFrame({
         "timestamp": timestamp_ns,

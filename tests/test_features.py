@@ -197,7 +197,7 @@ def test_feature_matches_slow_reference(column, random_features, reference):
                                rtol=1e-7, atol=1e-12, equal_nan=True, err_msg=column)
 
 
-def test_features_match_reference_for_jpy_pip_and_other_windows():
+def test_jpy_pip_and_custom_windows_match_reference():
     config = FeaturesConfig(return_lookbacks=(2, 5), volatility_window=7, atr_window=5,
                             rsi_window=6, zscore_window=9, bollinger_window=11,
                             bollinger_width=1.5, roc_window=4, ma_slope_window=8,
