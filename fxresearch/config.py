@@ -114,6 +114,9 @@ class PatternsConfig:
     max_conjunction_conditions: int = 20
     # A feature with at most this many distinct train values is binned by value, not by quantile.
     max_categories: int = 8
+    # The train z floor rises to the Bonferroni level for this family-wise error rate over all
+    # single and two-condition candidates a side could test; 1.0 or more turns this off.
+    familywise_alpha: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,511 @@
+"""Pattern mining on synthetic features and labels with the schemas of the real stages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fxresearch.config import PatternsConfig
+from fxresearch.patterns import apply_patterns, mine_patterns
+from fxresearch.timeutil import NS_PER_MINUTE, datetime_to_ns, ns_to_datetime
+
+TIMEFRAME_MIN = 5
+BAR_NS = TIMEFRAME_MIN * NS_PER_MINUTE
+PIP_SIZE = 0.0001
+START_NS = int(datetime_to_ns(["2025-01-06T00:00:00Z"])[0])
+
+
+def make_features(n_bars: int, seed: int, n_noise: int = 6) -> pd.DataFrame:
+    """Return a features table: rsi-like uniform values, a session flag, a constant, noise."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, np.ndarray] = {
+        "timestamp": START_NS + np.arange(n_bars, dtype=np.int64) * BAR_NS,
+        "rsi_14": rng.uniform(0.0, 100.0, n_bars),
+        "session_london": rng.integers(0, 2, n_bars).astype(np.float64),
+        "spread_pips": np.full(n_bars, 0.8),
+    }
+    for i in range(n_noise):
+        columns[f"noise_{i}"] = rng.normal(size=n_bars)
+    features = pd.DataFrame(columns)
+    # Warm-up rows, as the features stage leaves them.
+    features.loc[:19, ["rsi_14", "noise_0"]] = np.nan
+    return features
+
+
+def make_labels(features: pd.DataFrame, win_long, win_short, seed: int, grid_id: int = 0,
+                take_profit_pips: float = 10.0, stop_loss_pips: float = 10.0,
+                horizon_minutes: float = 60.0) -> pd.DataFrame:
+    """Return long-format labels: each bar and side wins take-profit with the given probability."""
+    rng = np.random.default_rng(seed)
+    bar_open = features["timestamp"].to_numpy(dtype=np.int64)
+    n_bars = len(bar_open)
+    frames = []
+    for side, win_probability in ((1, win_long), (-1, win_short)):
+        win = rng.random(n_bars) < np.broadcast_to(win_probability, n_bars)
+        entry_time = bar_open + BAR_NS + 1_000_000_000
+        exit_time = entry_time + rng.integers(1, int(horizon_minutes), n_bars) * NS_PER_MINUTE
+        frames.append(pd.DataFrame({
+            "timestamp": bar_open,
+            "grid_id": grid_id,
+            "take_profit_pips": take_profit_pips,
+            "stop_loss_pips": stop_loss_pips,
+            "horizon_minutes": horizon_minutes,
+            "side": side,
+            "entry_time": entry_time,
+            "entry_price": 1.1,
+            "outcome": np.where(win, "take_profit", "stop_loss"),
+            "exit_time": exit_time,
+            "exit_price": 1.1,
+            "pips": np.where(win, take_profit_pips, -stop_loss_pips),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_at(features: pd.DataFrame, fraction: float = 0.7) -> int:
+    return int(features["timestamp"].iloc[int(len(features) * fraction)])
+
+
+def planted_rsi_case(n_bars: int = 4000, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Long labels win 80 % (short 20 %) when rsi_14 < 20, else 50 %, in both parts."""
+    features = make_features(n_bars, seed)
+    rsi = features["rsi_14"].to_numpy()
+    low = rsi < 20.0
+    labels = make_labels(features, np.where(low, 0.8, 0.5), np.where(low, 0.2, 0.5), seed + 100)
+    return features, labels, split_at(features)
+
+
+def reference_stats(features: pd.DataFrame, labels: pd.DataFrame, split_ns: int, side: int,
+                    part: str, feature: str | None = None, lower: float | None = None,
+                    upper: float | None = None) -> dict:
+    """Return support, censored count, win rate and mean pips with plain pandas."""
+    rows = labels[(labels["side"] == side) & (labels["grid_id"] == 0)]
+    rows = rows.merge(features, on="timestamp", how="inner")
+    if part == "train":
+        rows = rows[rows["exit_time"] < split_ns]
+    else:
+        rows = rows[rows["timestamp"] + BAR_NS >= split_ns]
+    if feature is not None:
+        values = rows[feature]
+        keep = values.notna()
+        if lower is not None:
+            keep &= values >= lower
+        if upper is not None:
+            keep &= values < upper
+        rows = rows[keep]
+    known = rows[rows["outcome"] != "censored"]
+    return {
+        "support": len(known),
+        "censored": int((rows["outcome"] == "censored").sum()),
+        "win_rate": float((known["outcome"] == "take_profit").mean()),
+        "expectancy_pips": float(known["pips"].mean()),
+    }
+
+
+def find_nan(value, path="document"):
+    """Return the path of the first float NaN or infinity in a nested document, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = find_nan(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = find_nan(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class TestPlantedEffect:
+    def test_planted_condition_found_and_holds(self):
+        features, labels, split_ns = planted_rsi_case()
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE,
+                                 pair_year="EURUSD_2025")
+
+        assert document["insufficient_data"] is None
+        by_id = {p["id"]: p for p in document["patterns"]}
+        assert "long:rsi_14[0]" in by_id
+        pattern = by_id["long:rsi_14[0]"]
+        assert pattern["side"] == 1
+        assert pattern["conditions"][0]["feature"] == "rsi_14"
+        assert pattern["conditions"][0]["lower"] is None
+        assert 18.0 < pattern["conditions"][0]["upper"] < 22.0
+        assert 0.75 < pattern["train"]["win_rate"] < 0.85
+        assert 0.75 < pattern["holdout"]["win_rate"] < 0.88
+        assert pattern["train"]["expectancy_pips"] > 4.0
+        assert pattern["holds_on_holdout"] is True
+        assert "long:rsi_14[0]" in document["kept"]
+        assert document["pair_year"] == "EURUSD_2025"
+
+    def test_planted_condition_is_top_ranked(self):
+        features, labels, split_ns = planted_rsi_case()
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert document["patterns"][0]["id"] == "long:rsi_14[0]"
+        z_scores = [p["train"]["z"] for p in document["patterns"]]
+        assert z_scores == sorted(z_scores, reverse=True)
+        assert all(p["train"]["z"] >= document["selection"]["z_floor"] for p in document["patterns"])
+
+    def test_planted_pair_found(self):
+        features = make_features(4000, 5)
+        both = (features["rsi_14"] > 80.0).to_numpy() & (features["session_london"] == 1.0).to_numpy()
+        labels = make_labels(features, np.where(both, 0.85, 0.5), 0.5, 6)
+        document = mine_patterns(features, labels, split_at(features), TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        by_id = {p["id"]: p for p in document["patterns"]}
+        assert "long:rsi_14[4]&session_london[1]" in by_id
+        pair = by_id["long:rsi_14[4]&session_london[1]"]
+        assert len(pair["conditions"]) == 2
+        assert pair["conditions"][1] == {"feature": "session_london", "bin": 1, "lower": 1.0, "upper": 1.0}
+        assert pair["holds_on_holdout"] is True
+        assert by_id.get("long:rsi_14[4]", {"train": {"win_rate": 0}})["train"]["win_rate"] < pair["train"]["win_rate"]
+
+    def test_figures_match_pandas_reference(self):
+        features, labels, split_ns = planted_rsi_case()
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+        pattern = next(p for p in document["patterns"] if p["id"] == "long:rsi_14[0]")
+        upper = pattern["conditions"][0]["upper"]
+
+        for part in ("train", "holdout"):
+            expected = reference_stats(features, labels, split_ns, 1, part, "rsi_14", None, upper)
+            got = pattern[part]
+            assert got["support"] == expected["support"]
+            assert got["win_rate"] == pytest.approx(expected["win_rate"])
+            assert got["expectancy_pips"] == pytest.approx(expected["expectancy_pips"])
+            base = reference_stats(features, labels, split_ns, 1, part)
+            assert document["base_rates"]["long"][part]["support"] == base["support"]
+            assert document["base_rates"]["long"][part]["win_rate"] == pytest.approx(base["win_rate"])
+            assert got["expectancy_edge_pips"] == pytest.approx(
+                expected["expectancy_pips"] - base["expectancy_pips"])
+
+    def test_flag_categories_and_constant_skipped(self):
+        features, labels, split_ns = planted_rsi_case()
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert document["bins"]["session_london"] == {"kind": "category", "edges": [0.0, 1.0]}
+        assert document["bins"]["rsi_14"]["kind"] == "quantile"
+        assert len(document["bins"]["rsi_14"]["edges"]) == 6
+        assert "spread_pips" not in document["bins"]
+        assert document["skipped_features"]["spread_pips"] == "constant on the training rows"
+
+
+class TestNoise:
+    SEEDS = range(10)
+
+    def mine_noise(self, config: PatternsConfig) -> list[dict]:
+        documents = []
+        for seed in self.SEEDS:
+            features = make_features(3000, seed, n_noise=10)
+            labels = make_labels(features, 0.5, 0.5, seed + 1000)
+            documents.append(mine_patterns(features, labels, split_at(features), TIMEFRAME_MIN, config, PIP_SIZE))
+        return documents
+
+    def test_noise_keeps_almost_nothing(self):
+        # The Bonferroni floor caps the chance of any train-selected pattern at about 0.05 per
+        # side and run, so 10 runs should select about 1 pattern. The bound of 3 allows for an
+        # unlucky draw.
+        documents = self.mine_noise(PatternsConfig())
+
+        kept = sum(len(d["kept"]) for d in documents)
+        selected = sum(len(d["patterns"]) for d in documents)
+        assert kept <= 3
+        assert selected <= 3
+
+    def test_noise_without_correction_selects_many(self):
+        # The same data with a fixed z floor of 2 and no family-wise correction. The search over
+        # about 240 candidates per side finds many false patterns, and about half of them also
+        # pass the holdout check.
+        config = dataclasses.replace(PatternsConfig(), familywise_alpha=1.0)
+        documents = self.mine_noise(config)
+
+        assert sum(len(d["patterns"]) for d in documents) > 20
+        assert sum(len(d["kept"]) for d in documents) > 5
+
+
+class TestSplit:
+    def test_bins_fitted_on_training_only(self):
+        features, labels, split_ns = planted_rsi_case()
+        before = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        changed = features.copy()
+        holdout_bar = (changed["timestamp"] + BAR_NS >= split_ns).to_numpy()
+        for name in ("rsi_14", "noise_1", "noise_2"):
+            changed.loc[holdout_bar, name] = changed.loc[holdout_bar, name] * 50.0 + 1000.0
+        after = mine_patterns(changed, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert after["bins"] == before["bins"]
+        assert [p["id"] for p in after["patterns"]] == [p["id"] for p in before["patterns"]]
+        assert [p["train"] for p in after["patterns"]] == [p["train"] for p in before["patterns"]]
+        # The holdout figures do move, so the changed values were read.
+        rsi_after = next(p for p in after["patterns"] if p["id"] == "long:rsi_14[0]")
+        assert rsi_after["holdout"]["support"] == 0
+        assert rsi_after["holds_on_holdout"] is False
+
+    def test_purge_rule_and_boundaries(self):
+        features = make_features(1000, 11)
+        labels = make_labels(features, 0.5, 0.5, 12)
+        split_ns = split_at(features)
+        exit_time = labels["exit_time"].to_numpy()
+        bar_close = labels["timestamp"].to_numpy() + BAR_NS
+
+        # An exit exactly at the split is not known before it, and a bar closing exactly at the
+        # split is holdout.
+        at_split_exit = np.flatnonzero(bar_close < split_ns)[-3]
+        labels.loc[at_split_exit, "exit_time"] = split_ns
+        labels.loc[labels["timestamp"] + BAR_NS == split_ns, "exit_time"] = split_ns + 30 * NS_PER_MINUTE
+        exit_time = labels["exit_time"].to_numpy()
+
+        is_train = exit_time < split_ns
+        is_holdout = bar_close >= split_ns
+        is_purged = ~is_train & ~is_holdout
+        assert is_purged[at_split_exit]
+        assert is_holdout[np.flatnonzero(bar_close == split_ns)].all()
+        # Purged rows all win 1000 pips, so any leak into either part shows in the expectancy.
+        labels.loc[is_purged, "outcome"] = "take_profit"
+        labels.loc[is_purged, "pips"] = 1000.0
+
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN,
+                                 dataclasses.replace(PatternsConfig(), min_bars=100), PIP_SIZE)
+
+        counts = document["row_counts"]
+        assert counts["train"] == int(is_train.sum())
+        assert counts["holdout"] == int(is_holdout.sum())
+        assert counts["purged"] == int(is_purged.sum())
+        assert counts["purged"] >= 2
+        assert counts["train"] + counts["holdout"] + counts["purged"] == len(labels)
+        for side_name, side in (("long", 1), ("short", -1)):
+            for part, mask in (("train", is_train), ("holdout", is_holdout)):
+                stats = document["base_rates"][side_name][part]
+                assert stats["support"] == int((mask & (labels["side"].to_numpy() == side)).sum())
+                assert abs(stats["expectancy_pips"]) <= 10.0
+
+    def test_censored_excluded_but_counted(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=3000, seed=21)
+        rng = np.random.default_rng(22)
+        censored = rng.random(len(labels)) < 0.1
+        labels.loc[censored, "outcome"] = "censored"
+        labels.loc[censored, "pips"] = np.nan
+        # Censored rows keep their exit times, so the train part, the holdout and the purge
+        # each get some.
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        for side_name, side in (("long", 1), ("short", -1)):
+            for part in ("train", "holdout"):
+                expected = reference_stats(features, labels, split_ns, side, part)
+                got = document["base_rates"][side_name][part]
+                assert got["support"] == expected["support"]
+                assert got["censored"] == expected["censored"]
+                assert got["censored"] > 0
+                assert got["win_rate"] == pytest.approx(expected["win_rate"])
+                assert got["expectancy_pips"] == pytest.approx(expected["expectancy_pips"])
+        pattern = next(p for p in document["patterns"] if p["id"] == "long:rsi_14[0]")
+        expected = reference_stats(features, labels, split_ns, 1, "train", "rsi_14", None,
+                                   pattern["conditions"][0]["upper"])
+        assert pattern["train"]["censored"] == expected["censored"]
+        assert pattern["train"]["support"] == expected["support"]
+        assert find_nan(document) is None
+
+    def test_censored_without_exit_time_purged(self):
+        features = make_features(1000, 31)
+        labels = make_labels(features, 0.5, 0.5, 32)
+        split_ns = split_at(features)
+        labels["exit_time"] = ns_to_datetime(labels["exit_time"].to_numpy())
+        labels["entry_time"] = ns_to_datetime(labels["entry_time"].to_numpy())
+        labels["timestamp"] = ns_to_datetime(labels["timestamp"].to_numpy())
+        config = dataclasses.replace(PatternsConfig(), min_bars=100)
+        before = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, config, PIP_SIZE)
+        early = np.flatnonzero((labels["side"] == 1).to_numpy())[100:110]
+        labels.loc[early, "outcome"] = "censored"
+        labels.loc[early, "pips"] = np.nan
+        labels.loc[early, "exit_time"] = pd.NaT
+
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, config, PIP_SIZE)
+
+        assert document["row_counts"]["purged"] == before["row_counts"]["purged"] + 10
+        assert document["row_counts"]["train"] == before["row_counts"]["train"] - 10
+        assert document["base_rates"]["long"]["train"]["support"] == (
+            before["base_rates"]["long"]["train"]["support"] - 10)
+        assert document["base_rates"]["long"]["train"]["censored"] == 0
+
+
+class TestApplyPatterns:
+    DOCUMENT = {
+        "bins": {
+            "a": {"kind": "quantile", "edges": [0.0, 1.0, 2.0, 3.0]},
+            "flag": {"kind": "category", "edges": [0.0, 1.0]},
+        },
+        "patterns": [
+            {"id": "long:a[0]", "side": 1,
+             "conditions": [{"feature": "a", "bin": 0, "lower": None, "upper": 1.0}]},
+            {"id": "short:flag[1]", "side": -1,
+             "conditions": [{"feature": "flag", "bin": 1, "lower": 1.0, "upper": 1.0}]},
+            {"id": "long:a[2]&flag[0]", "side": 1,
+             "conditions": [{"feature": "a", "bin": 2, "lower": 2.0, "upper": None},
+                            {"feature": "flag", "bin": 0, "lower": 0.0, "upper": 0.0}]},
+        ],
+        "kept": ["long:a[0]"],
+    }
+    FEATURES = pd.DataFrame({
+        "timestamp": START_NS + np.arange(9, dtype=np.int64) * BAR_NS,
+        "a": [0.5, 0.5, 1.5, 2.5, 2.5, np.nan, -5.0, 10.0, 1.0],
+        "flag": [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5],
+    })
+
+    def test_train_selected_signals(self):
+        signal = apply_patterns(self.FEATURES, self.DOCUMENT)
+
+        assert signal.dtype == np.int8
+        # Bar 1 has a long and a short pattern firing, so it stays flat; bar 8 has a = 1.0 in
+        # bin 1 and a flag value that is no category.
+        assert signal.tolist() == [1, 0, 0, 1, -1, 0, 1, -1, 0]
+
+    def test_kept_signals(self):
+        signal = apply_patterns(self.FEATURES, self.DOCUMENT, use="kept")
+
+        assert signal.tolist() == [1, 1, 0, 0, 0, 0, 1, 0, 0]
+
+    def test_missing_feature_column_raises(self):
+        with pytest.raises(ValueError, match="'flag'"):
+            apply_patterns(self.FEATURES.drop(columns=["flag"]), self.DOCUMENT)
+
+    def test_unknown_use_raises(self):
+        with pytest.raises(ValueError, match="use must be one of"):
+            apply_patterns(self.FEATURES, self.DOCUMENT, use="holdout")
+
+    def test_no_patterns_gives_zeros(self):
+        document = dict(self.DOCUMENT, patterns=[], kept=[])
+
+        assert apply_patterns(self.FEATURES, document).tolist() == [0] * 9
+
+    def test_mined_document_matches_condition_bounds(self):
+        features, labels, split_ns = planted_rsi_case()
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+        assert document["patterns"][0]["id"] == "long:rsi_14[0]"
+
+        signal = apply_patterns(features, document)
+
+        # Reference from each condition's lower/upper bounds instead of the stored edges.
+        fires = {1: np.zeros(len(features), dtype=bool), -1: np.zeros(len(features), dtype=bool)}
+        for pattern in document["patterns"]:
+            match = np.ones(len(features), dtype=bool)
+            for condition in pattern["conditions"]:
+                values = features[condition["feature"]].to_numpy()
+                lower, upper = condition["lower"], condition["upper"]
+                if lower is not None and lower == upper:
+                    match &= values == lower
+                    continue
+                match &= ~np.isnan(values)
+                if lower is not None:
+                    match &= values >= lower
+                if upper is not None:
+                    match &= values < upper
+            fires[pattern["side"]] |= match
+        expected = fires[1].astype(np.int8) - fires[-1].astype(np.int8)
+        assert np.array_equal(signal, expected)
+        assert (signal == 1).sum() > 500
+
+
+class TestDocument:
+    def test_json_round_trip_has_no_nan(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=3000, seed=41)
+        labels.loc[labels.sample(frac=0.05, random_state=1).index, ["outcome", "pips"]] = ["censored", np.nan]
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        text = json.dumps(document, allow_nan=False)
+        reloaded = json.loads(text)
+
+        assert reloaded == document
+        assert find_nan(reloaded) is None
+        assert document["split_time"] == ns_to_datetime(np.array([split_ns]))[0].isoformat()
+        assert document["label"] == {"grid_id": 0, "take_profit_pips": 10.0, "stop_loss_pips": 10.0,
+                                     "horizon_minutes": 60.0}
+        assert np.array_equal(apply_patterns(features, reloaded), apply_patterns(features, document))
+
+    def test_below_min_bars_gives_empty_document(self):
+        features = make_features(150, 51)
+        labels = make_labels(features, 0.5, 0.5, 52)
+        full = mine_patterns(*planted_rsi_case(), TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        document = mine_patterns(features, labels, split_at(features), TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert document["patterns"] == []
+        assert document["kept"] == []
+        assert "min_bars = 200" in document["insufficient_data"]
+        assert set(document) == set(full)
+        assert document["base_rates"]["long"]["train"]["support"] > 0
+        json.dumps(document, allow_nan=False)
+
+    def test_empty_labels_give_empty_document(self):
+        features = make_features(300, 61)
+        labels = make_labels(features, 0.5, 0.5, 62).iloc[0:0]
+
+        document = mine_patterns(features, labels, split_at(features), TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert document["patterns"] == []
+        assert document["insufficient_data"] == "the labels table is empty"
+
+    def test_other_grid_entries_ignored(self):
+        features, labels, split_ns = planted_rsi_case()
+        other = make_labels(features, 0.9, 0.9, 71, grid_id=1, take_profit_pips=20.0)
+        document = mine_patterns(features, pd.concat([labels, other], ignore_index=True), split_ns,
+                                 TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+        alone = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert document["base_rates"] == alone["base_rates"]
+        assert document["patterns"] == alone["patterns"]
+
+    def test_datetime_columns_match_int64(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=2000, seed=81)
+        as_int = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+        features_dt = features.assign(timestamp=ns_to_datetime(features["timestamp"].to_numpy()))
+        labels_dt = labels.copy()
+        for column in ("timestamp", "entry_time", "exit_time"):
+            labels_dt[column] = ns_to_datetime(labels[column].to_numpy())
+
+        as_datetime = mine_patterns(features_dt, labels_dt, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+        assert as_datetime == as_int
+
+
+class TestBadInput:
+    def test_missing_label_column_raises(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=500)
+        with pytest.raises(ValueError, match="missing columns \\['pips'\\]"):
+            mine_patterns(features, labels.drop(columns=["pips"]), split_ns, TIMEFRAME_MIN,
+                          PatternsConfig(), PIP_SIZE)
+
+    def test_unknown_grid_id_raises(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=500)
+        config = dataclasses.replace(PatternsConfig(), label_index=2)
+        with pytest.raises(ValueError, match="grid_id 2"):
+            mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, config, PIP_SIZE)
+
+    def test_unknown_outcome_raises(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=500)
+        labels.loc[0, "outcome"] = "tp"
+        with pytest.raises(ValueError, match="unknown outcome values \\['tp'\\]"):
+            mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+    def test_non_censored_nan_pips_raises(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=500)
+        labels.loc[3, "pips"] = np.nan
+        with pytest.raises(ValueError, match="non-censored rows without pips"):
+            mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+    def test_duplicate_feature_bars_raise(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=500)
+        doubled = pd.concat([features, features.iloc[[10]]]).sort_values("timestamp", kind="stable")
+        with pytest.raises(ValueError, match="strictly increasing"):
+            mine_patterns(doubled, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), PIP_SIZE)
+
+    def test_bad_pip_size_raises(self):
+        features, labels, split_ns = planted_rsi_case(n_bars=500)
+        with pytest.raises(ValueError, match="pip_size"):
+            mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, PatternsConfig(), 0.0)
