@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# Exit reason codes; fills.REASONS holds their names in this order.
+# Exit reason codes. fills.REASONS lists their names in this order.
 STOP_LOSS = 0
 TAKE_PROFIT = 1
 HORIZON = 2
@@ -126,8 +126,8 @@ def find_exit_ticks_nb(
     stop_idx_limit : int
         Last tick to check. If the trade is still open after the stop, target and horizon
         checks of this tick, the scan returns it with its trigger-side price and reason
-        ``OPEN_AT_LIMIT`` (-1); this reason wins over a data hole or the end of the data at
-        that tick. Pass ``len(timestamp_ns)`` for no limit.
+        ``OPEN_AT_LIMIT`` (-1). That reason wins over a data hole or the end of the data at
+        the same tick. Pass ``len(timestamp_ns)`` for no limit.
 
     Returns
     -------
@@ -172,9 +172,9 @@ def find_exit_bars_nb(
 ):
     """Find a trade's exit like ``find_exit_ticks_nb``, reading ticks only in bars that need it.
 
-    The bar arrays describe one-minute bars that cover every tick in order:
-    ``bar_first[b]`` and ``bar_last[b]`` are the inclusive tick indices of bar b, the
-    low/high arrays are the bar's bid and ask range in points, ``bar_has_hole[b]`` is 1 when
+    The bar arrays describe one-minute bars that cover every tick in order.
+    ``bar_first[b]`` and ``bar_last[b]`` are the inclusive tick indices of bar b. The
+    low/high arrays are the bar's bid and ask range in points. ``bar_has_hole[b]`` is 1 when
     any tick of the bar has ``hole_after`` set, and ``bar_end_ns[b]`` is the time of the bar's
     last tick. A bar is skipped whole when it does not hold the horizon time, a hole or the
     scan limit and its trigger-side range reaches neither level, because then no tick in it
@@ -223,7 +223,7 @@ def label_many_nb(
 ):
     """Find the exit of one (take-profit, stop-loss, horizon, side) trade from each entry tick.
 
-    The entry fills at the ask for a long (+1) and at the bid for a short (-1); the levels
+    The entry fills at the ask for a long (+1) and at the bid for a short (-1). The levels
     are that fill price plus or minus the integer point distances. Each entry is independent,
     so the result does not depend on the number of threads.
 

@@ -73,10 +73,10 @@ REASONS: tuple[str, ...] = (
 class TickArrays:
     """Tick prices in integer points with the one-minute bar index the bar walk reads.
 
-    ``bar_first``/``bar_last`` are inclusive tick indices of each one-minute bar that has
-    ticks; the low/high arrays are each bar's bid and ask range in points; ``bar_has_hole``
-    is 1 when any tick of the bar has ``hole_after`` set; ``bar_end_ns`` is the time of the
-    bar's last tick.
+    ``bar_first`` and ``bar_last`` are the inclusive tick indices of each one-minute bar that
+    has ticks. The low/high arrays are each bar's bid and ask range in points.
+    ``bar_has_hole`` is 1 when any tick of the bar has ``hole_after`` set, and ``bar_end_ns``
+    is the time of the bar's last tick.
     """
 
     instrument: Instrument

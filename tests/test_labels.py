@@ -1,0 +1,242 @@
+"""Labels stage: schema, counts, censoring, agreement with simulate_trade, and causality."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fxresearch import fills, labels
+from fxresearch.config import Config, LabelsConfig
+from fxresearch.instruments import get_instrument
+from fxresearch.timeutil import NS_PER_MINUTE, datetime_to_ns
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EURUSD = get_instrument("EURUSD")
+TIMEFRAME_MIN = 5
+# Tuesday 00:00 UTC; two days of ticks stay clear of the weekend close.
+START_NS = int(datetime_to_ns(["2014-05-06 00:00:00"])[0])
+HOLE_START_MIN = 20 * 60
+HOLE_MINUTES = 90
+FLAT_TAIL_MIN = 180
+
+
+def synthetic_ticks(seed: int = 5):
+    """Two days of EURUSD-like ticks about 2 s apart, with a 90-minute data hole at 20:00 on day
+    one and a flat last three hours in which no level can be reached."""
+    rng = np.random.default_rng(seed)
+    n_ticks = 2 * 24 * 60 * 30
+    seconds = np.cumsum(rng.uniform(0.5, 3.5, size=n_ticks))
+    seconds = seconds[seconds < 2 * 86400]
+    seconds = seconds[(seconds < HOLE_START_MIN * 60) | (seconds >= (HOLE_START_MIN + HOLE_MINUTES) * 60)]
+    timestamp_ns = START_NS + np.rint(seconds * 1e9).astype(np.int64)
+
+    bid_pts = 110_000 + np.cumsum(np.rint(rng.normal(0, 2.5, size=len(seconds)))).astype(np.int64)
+    flat = seconds >= 2 * 86400 - FLAT_TAIL_MIN * 60
+    bid_pts[flat] = bid_pts[np.flatnonzero(flat)[0] - 1]
+    spread_pts = rng.integers(1, 15, size=len(seconds))
+    return timestamp_ns, bid_pts * 1e-5, (bid_pts + spread_pts) * 1e-5
+
+
+def minute_bars(timestamp_ns: np.ndarray, timeframe_min: int) -> pd.DataFrame:
+    """Bars with just the ``timestamp`` column labels read: the open of each bin with ticks."""
+    timeframe_ns = timeframe_min * NS_PER_MINUTE
+    return pd.DataFrame({"timestamp": np.unique(timestamp_ns // timeframe_ns) * timeframe_ns})
+
+
+@pytest.fixture(scope="module")
+def ticks():
+    return synthetic_ticks()
+
+
+@pytest.fixture(scope="module")
+def built(ticks):
+    timestamp_ns, bid, ask = ticks
+    bars = minute_bars(timestamp_ns, TIMEFRAME_MIN)
+    table = labels.build_labels(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, Config(), EURUSD)
+    return bars, table
+
+
+def test_labels_schema(built):
+    _, table = built
+    assert tuple(table.columns) == labels.LABEL_COLUMNS
+    for name, dtype in labels.LABEL_DTYPES.items():
+        assert table[name].dtype == dtype, name
+    assert set(table["outcome"].unique()) <= set(labels.OUTCOMES)
+
+
+def test_labels_one_row_per_bar_grid_side(built):
+    bars, table = built
+    grid = Config().labels.grid
+    assert len(table) == len(bars) * len(grid) * 2
+    assert not table.duplicated(["timestamp", "grid_id", "side"]).any()
+    for grid_id, (take_profit_pips, stop_loss_pips, horizon_minutes) in enumerate(grid):
+        rows = table[table["grid_id"] == grid_id]
+        assert len(rows) == len(bars) * 2
+        assert (rows["take_profit_pips"] == take_profit_pips).all()
+        assert (rows["stop_loss_pips"] == stop_loss_pips).all()
+        assert (rows["horizon_minutes"] == horizon_minutes).all()
+    assert table["side"].value_counts().to_dict() == {1: len(bars) * len(grid), -1: len(bars) * len(grid)}
+
+
+def test_labels_enter_at_first_tick_after_close(built, ticks):
+    _, table = built
+    timestamp_ns, bid, ask = ticks
+    entered = table[table["entry_time"] != labels.NAT_NS]
+    close_ns = entered["timestamp"].to_numpy() + TIMEFRAME_MIN * NS_PER_MINUTE
+    entry_idx = np.searchsorted(timestamp_ns, close_ns)
+    np.testing.assert_array_equal(entered["entry_time"].to_numpy(), timestamp_ns[entry_idx])
+    long = entered["side"].to_numpy() == 1
+    np.testing.assert_allclose(entered["entry_price"].to_numpy()[long], ask[entry_idx[long]], atol=1e-9)
+    np.testing.assert_allclose(entered["entry_price"].to_numpy()[~long], bid[entry_idx[~long]], atol=1e-9)
+
+
+def test_labels_pips_match_outcome(built):
+    _, table = built
+    take_profit = table[table["outcome"] == "take_profit"]
+    stop_loss = table[table["outcome"] == "stop_loss"]
+    horizon = table[table["outcome"] == "horizon"]
+    assert len(take_profit) > 500
+    assert len(stop_loss) > 500
+    assert len(horizon) > 500
+    np.testing.assert_array_equal(take_profit["pips"], take_profit["take_profit_pips"])
+    assert (stop_loss["pips"] <= -stop_loss["stop_loss_pips"]).all()
+    assert (horizon["pips"] > -horizon["stop_loss_pips"]).all()
+    assert (horizon["pips"] < horizon["take_profit_pips"]).all()
+    assert (horizon["exit_time"] - horizon["entry_time"] >= horizon["horizon_minutes"] * NS_PER_MINUTE).all()
+
+
+def test_last_bar_is_censored_no_entry(built):
+    bars, table = built
+    last = table[table["timestamp"] == bars["timestamp"].iloc[-1]]
+    assert (last["outcome"] == "censored").all()
+    assert (last["entry_time"] == labels.NAT_NS).all()
+    assert (last["exit_time"] == labels.NAT_NS).all()
+    assert last["pips"].isna().all()
+    assert last["entry_price"].isna().all()
+
+
+def test_labels_censored_near_end(built, ticks):
+    _, table = built
+    timestamp_ns = ticks[0]
+    end_ns = int(timestamp_ns[-1])
+    # In the flat tail no level is reachable, so a trade censors exactly when its horizon
+    # reaches past the last tick.
+    in_tail = table[(table["entry_time"] >= end_ns - (FLAT_TAIL_MIN - 10) * NS_PER_MINUTE)
+                    & (table["entry_time"] != labels.NAT_NS)]
+    past_end = in_tail["entry_time"] + in_tail["horizon_minutes"] * NS_PER_MINUTE > end_ns
+    assert past_end.sum() > 50
+    assert (~past_end).sum() > 50
+    assert (in_tail.loc[past_end, "outcome"] == "censored").all()
+    assert (in_tail.loc[past_end, "exit_time"] == end_ns).all()
+    assert in_tail.loc[past_end, "pips"].isna().all()
+    assert (in_tail.loc[~past_end, "outcome"] == "horizon").all()
+
+
+def test_labels_censored_at_data_hole(built, ticks):
+    _, table = built
+    timestamp_ns = ticks[0]
+    hole_ns = START_NS + HOLE_START_MIN * NS_PER_MINUTE
+    last_before_hole = int(timestamp_ns[timestamp_ns < hole_ns][-1])
+    gap_rows = table[table["exit_time"] == last_before_hole]
+    censored = gap_rows[gap_rows["outcome"] == "censored"]
+    # Trades of the last hour before the hole that reach no level censor at its edge.
+    assert len(censored) > 20
+    assert censored["pips"].isna().all()
+    assert (table.loc[table["outcome"] != "censored", "pips"].notna()).all()
+
+
+def test_label_equals_simulate_trade(built, ticks):
+    bars, table = built
+    timestamp_ns, bid, ask = ticks
+    arrays = fills.prepare_tick_arrays(timestamp_ns, bid, ask, EURUSD, Config().fills.max_gap_minutes)
+    rng = np.random.default_rng(3)
+    for row_idx in rng.choice(len(table) - 12, size=200, replace=False):
+        row = table.iloc[row_idx]
+        entry_idx = int(np.searchsorted(timestamp_ns, row["timestamp"] + TIMEFRAME_MIN * NS_PER_MINUTE))
+        fill = fills.simulate_trade(arrays, entry_idx, int(row["side"]), row["stop_loss_pips"],
+                                    row["take_profit_pips"], row["horizon_minutes"], EURUSD)
+        assert timestamp_ns[fill.exit_idx] == row["exit_time"]
+        assert fill.exit_price == row["exit_price"]
+        assert fill.entry_price == row["entry_price"]
+        if fill.reason in ("stop_loss", "take_profit", "horizon"):
+            assert row["outcome"] == fill.reason
+            assert fill.pips == row["pips"]
+        else:
+            assert row["outcome"] == "censored"
+
+
+def test_labels_causal_after_price_change(built, ticks):
+    bars, table = built
+    timestamp_ns, bid, ask = ticks
+    cut_ns = START_NS + 30 * 60 * NS_PER_MINUTE
+    later = timestamp_ns > cut_ns
+    rng = np.random.default_rng(9)
+    shift = np.cumsum(rng.normal(0, 3e-5, size=later.sum()))
+    changed_bid = bid.copy()
+    changed_ask = ask.copy()
+    changed_bid[later] += shift
+    changed_ask[later] += shift
+    changed = labels.build_labels(timestamp_ns, changed_bid, changed_ask, bars, TIMEFRAME_MIN, Config(), EURUSD)
+
+    known = (table["exit_time"] <= cut_ns) & (table["exit_time"] != labels.NAT_NS)
+    assert known.sum() > 1500
+    pd.testing.assert_frame_equal(table[known], changed[known])
+    # The change does reach labels that exit later, so the check above is not vacuous.
+    assert not table.loc[~known, "pips"].equals(changed.loc[~known, "pips"])
+
+
+def test_few_bars_give_empty_labels(ticks):
+    timestamp_ns, bid, ask = ticks
+    bars = minute_bars(timestamp_ns, TIMEFRAME_MIN).iloc[:49]
+    table = labels.build_labels(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, Config(), EURUSD)
+    assert len(table) == 0
+    assert tuple(table.columns) == labels.LABEL_COLUMNS
+    assert table.dtypes.to_dict() == labels.empty_labels().dtypes.to_dict()
+    assert labels.insufficient_reason(49, LabelsConfig()) == "49 bars, fewer than labels.min_bars = 50"
+    assert labels.insufficient_reason(50, LabelsConfig()) is None
+
+
+def test_bad_grid_entry_raises(ticks):
+    timestamp_ns, bid, ask = ticks
+    config = replace(Config(), labels=LabelsConfig(grid=((10.0, 0.0, 60.0),)))
+    with pytest.raises(ValueError, match="labels.grid entry 0"):
+        labels.build_labels(timestamp_ns, bid, ask, minute_bars(timestamp_ns, 5), 5, config, EURUSD)
+
+
+def test_datetime_bar_timestamps_accepted(built, ticks):
+    bars, table = built
+    timestamp_ns, bid, ask = ticks
+    dated = bars.assign(timestamp=pd.to_datetime(bars["timestamp"], utc=True))
+    from_dates = labels.build_labels(timestamp_ns, bid, ask, dated, TIMEFRAME_MIN, Config(), EURUSD)
+    pd.testing.assert_frame_equal(from_dates, table)
+
+
+def test_labels_eurusd_2014_consistent():
+    path = DATA_DIR / "parquet" / "EURUSD_2014.parquet"
+    if not path.exists():
+        pytest.skip(f"real tick file {path} is absent")
+    frame = pd.read_parquet(path)
+    timestamp_ns = datetime_to_ns(frame["timestamp"])
+    bid, ask = frame["bid"].to_numpy(), frame["ask"].to_numpy()
+    bars = minute_bars(timestamp_ns, 15)
+    table = labels.build_labels(timestamp_ns, bid, ask, bars, 15, Config(), EURUSD)
+
+    assert len(table) == len(bars) * len(Config().labels.grid) * 2
+    counts = table["outcome"].value_counts()
+    assert counts["take_profit"] > 500
+    assert counts["stop_loss"] > 500
+    assert counts["horizon"] > 500
+    resolved = table[table["outcome"] != "censored"]
+    assert resolved["pips"].notna().all()
+    assert (resolved["exit_time"] > resolved["entry_time"]).all()
+    take_profit = table[table["outcome"] == "take_profit"]
+    np.testing.assert_array_equal(take_profit["pips"], take_profit["take_profit_pips"])
+    # Ticks share timestamps on this file, so a long must still enter at the first of them.
+    entered = table[table["entry_time"] != labels.NAT_NS]
+    first_idx = np.searchsorted(timestamp_ns, entered["entry_time"].to_numpy(), side="left")
+    long = entered["side"].to_numpy() == 1
+    np.testing.assert_allclose(entered["entry_price"].to_numpy()[long], ask[first_idx[long]], atol=1e-9)
