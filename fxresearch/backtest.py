@@ -70,8 +70,12 @@ class Trades:
         return len(self.strategy_index)
 
     def to_frame(self) -> pd.DataFrame:
-        """Return the trades as a DataFrame; ``reason`` becomes its name (``stop_loss``, ...)."""
-        frame = pd.DataFrame({item.name: getattr(self, item.name) for item in fields(self)})
+        """Return the trades as a DataFrame.
+
+        ``entry_time`` and ``exit_time`` are int64 ns UTC (from ``entry_time_ns`` and
+        ``exit_time_ns``), and ``reason`` becomes its name (``stop_loss``, ``signal``, ...).
+        """
+        frame = pd.DataFrame({item.name.removesuffix("_ns"): getattr(self, item.name) for item in fields(self)})
         frame["reason"] = np.asarray(REASONS, dtype=object)[self.reason.astype(np.int64)]
         return frame
 
@@ -193,7 +197,7 @@ def _check_signal(signals_by_key: Mapping[tuple[str, str], np.ndarray], key: tup
     bad = ~np.isin(signal, (-1, 0, 1))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"Signal array for {key} has value {signal[first]!r} at bar {first}; allowed: -1, 0, +1.")
+        raise ValueError(f"Signal array for {key} has value {signal[first].item()!r} at bar {first}; allowed: -1, 0, +1.")
     return signal
 
 
