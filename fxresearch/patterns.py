@@ -48,6 +48,8 @@ LABEL_COLUMNS: tuple[str, ...] = (
     "entry_time", "entry_price", "outcome", "exit_time", "exit_price", "pips",
 )
 APPLY_USES: tuple[str, ...] = ("train_selected", "kept")
+# Missing-time marker in int64 time columns; pandas reads int64 min as NaT.
+NAT_NS = np.iinfo(np.int64).min
 
 
 @dataclass(frozen=True)
@@ -384,11 +386,17 @@ def _check_int(name: str, value: object) -> int:
 
 
 def _time_column_ns(frame: pd.DataFrame, column: str, table: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (int64 ns, valid mask) of a time column held as int64 ns, float ns or datetimes."""
+    """Return (int64 ns, valid mask) of a time column held as int64 ns, float ns or datetimes.
+
+    A missing time is NaT, NaN, a null in a nullable integer column, or ``NAT_NS`` (int64 min,
+    the labels stage's marker).
+    """
     series = frame[column]
     n_rows = len(series)
     if pd.api.types.is_integer_dtype(series.dtype):
-        return series.to_numpy(dtype=np.int64), np.ones(n_rows, dtype=bool)
+        valid = series.notna().to_numpy()
+        values = series.to_numpy(dtype=np.int64, na_value=NAT_NS)
+        return values, valid & (values != NAT_NS)
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         valid = series.notna().to_numpy()
         values = np.zeros(n_rows, dtype=np.int64)

@@ -334,6 +334,35 @@ class TestSplit:
             before["base_rates"]["long"]["train"]["support"] - 10)
         assert document["base_rates"]["long"]["train"]["censored"] == 0
 
+    @pytest.mark.parametrize("missing", ["nat_ns", "nullable_int", "float_nan"])
+    def test_missing_exit_time_forms_purged(self, missing):
+        # The labels stage writes int64 min (NaT) as the exit time of a trade that never
+        # entered, and a parquet round trip may give nullable integers or floats instead.
+        features = make_features(1000, 33)
+        labels = make_labels(features, 0.5, 0.5, 34)
+        split_ns = split_at(features)
+        config = dataclasses.replace(PatternsConfig(), min_bars=100)
+        before = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, config, PIP_SIZE)
+        early = np.flatnonzero((labels["side"] == -1).to_numpy())[200:207]
+        labels.loc[early, "outcome"] = "censored"
+        labels.loc[early, "pips"] = np.nan
+        exit_time = labels["exit_time"].to_numpy().copy()
+        exit_time[early] = np.iinfo(np.int64).min
+        if missing == "nat_ns":
+            labels["exit_time"] = exit_time
+        elif missing == "nullable_int":
+            labels["exit_time"] = pd.array(np.where(exit_time == exit_time.min(), 0, exit_time), dtype="Int64")
+            labels.loc[early, "exit_time"] = pd.NA
+        else:
+            labels["exit_time"] = np.where(exit_time == exit_time.min(), np.nan, exit_time.astype(np.float64))
+
+        document = mine_patterns(features, labels, split_ns, TIMEFRAME_MIN, config, PIP_SIZE)
+
+        assert document["row_counts"]["purged"] == before["row_counts"]["purged"] + 7
+        assert document["base_rates"]["short"]["train"]["censored"] == 0
+        assert document["base_rates"]["short"]["train"]["support"] == (
+            before["base_rates"]["short"]["train"]["support"] - 7)
+
 
 class TestApplyPatterns:
     DOCUMENT = {
