@@ -48,7 +48,7 @@ LABEL_COLUMNS: tuple[str, ...] = (
     "entry_time", "entry_price", "outcome", "exit_time", "exit_price", "pips",
 )
 APPLY_USES: tuple[str, ...] = ("train_selected", "kept")
-# Missing-time marker in int64 time columns; pandas reads int64 min as NaT.
+# Marker of a missing time in int64 time columns. pandas reads int64 min as NaT.
 NAT_NS = np.iinfo(np.int64).min
 
 
