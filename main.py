@@ -190,7 +190,8 @@ def _prepare_input_dir(args: argparse.Namespace, config) -> tuple[Path, bool]:
     sample = config.sample
     state = "empty" if folder.is_dir() else "missing"
     print(f"{folder}/ is {state}: no --input-dir was given, so the built-in SYNTHETIC sample is used "
-          f"({len(sample.pairs)} pairs, {sample.weeks} weeks of {sample.year}, seed {sample.seed}).")
+          f"({len(sample.pairs)} pairs, {sample.weeks} week{'s' if sample.weeks != 1 else ''} of {sample.year}, "
+          f"seed {sample.seed}).")
     if args.dry_run:
         print("Dry run: the sample is not written; a real run writes it to "
               f"{folder}/ and runs on it. Results on it are synthetic, not market results.")

@@ -1,0 +1,557 @@
+"""Fast tests of the CLI and the VAST orchestrator: no real pair jobs run here.
+
+Pair jobs are replaced by the small module-level functions below, which spawned pair
+processes import by name from this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import vast_mode
+from fxresearch.config import Config
+from fxresearch.naming import PairFile, scan_input_dir
+from fxresearch.resources import (
+    GB, Resources, detect_resources, max_pairs_for_memory, plan_workers, read_cgroup_cpu_quota,
+    read_cgroup_memory, read_tick_file_info,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent
+MAIN = REPO_ROOT / "main.py"
+
+
+# ----------------------------------------------------------------------------- fake pair jobs
+
+
+def probe_threads_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    """Report the thread caps seen inside the pair process."""
+    import numba
+    import pyarrow
+    from threadpoolctl import threadpool_info
+
+    blas_threads = sorted({pool["num_threads"] for pool in threadpool_info()})
+    report = {
+        "numba": numba.get_num_threads(),
+        "arrow_cpu": pyarrow.cpu_count(),
+        "arrow_io": pyarrow.io_thread_count(),
+        "omp_env": os.environ.get("OMP_NUM_THREADS"),
+        "blas": blas_threads,
+        "pid": os.getpid(),
+    }
+    return {"message": json.dumps(report)}
+
+
+def flaky_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    """Raise for GBPUSD, kill the process for USDJPY, succeed for the rest."""
+    if path.name.startswith("GBPUSD"):
+        raise ValueError("bid column has 3 NaN rows\nsecond line that must not reach the screen")
+    if path.name.startswith("USDJPY"):
+        time.sleep(0.3)
+        os._exit(3)
+    time.sleep(0.2)
+    return {"message": "fake job done", "synthetic": False}
+
+
+def ok_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    return {"message": f"done {path.stem}", "synthetic": path.stem.startswith("EUR")}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAIN), *args], capture_output=True, text=True,
+                          cwd=cwd or REPO_ROOT, timeout=120)
+
+
+def write_ticks(path: Path, rows: int = 1000, synthetic: bool = False) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    timestamps = pd.date_range("2020-01-06 08:00", periods=rows, freq="1s", tz="UTC").as_unit("ns")
+    bid = 1.1 + np.arange(rows) * 1e-5
+    table = pa.table({"timestamp": timestamps, "bid": bid, "ask": bid + 2e-5})
+    if synthetic:
+        table = table.replace_schema_metadata({b"synthetic": b"true"})
+    pq.write_table(table, path)
+    return path
+
+
+def fake_resources(cores: int, ram_available_gb: float = 64.0) -> Resources:
+    plan = plan_workers(cores, 0)
+    return Resources(cores, cores, None, ram_available_gb, ram_available_gb, False,
+                     plan.parallel_pairs, plan.workers_per_pair)
+
+
+def pair_files(folder: Path, names: list[str]) -> list[PairFile]:
+    files = []
+    for name in names:
+        symbol, year = name.split("_")
+        files.append(PairFile(folder / f"{name}.parquet", symbol, int(year), name))
+    return files
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+def test_detect_resources_uses_affinity_without_cgroup(tmp_path):
+    resources = detect_resources(cgroup_root=tmp_path)
+    assert resources.cores == len(os.sched_getaffinity(0))
+    assert resources.cpu_quota is None
+    assert resources.ram_total_gb > 0
+    assert 0 < resources.ram_available_gb <= resources.ram_total_gb
+
+
+def test_detect_resources_respects_narrower_affinity(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    resources = detect_resources(cgroup_root=tmp_path)
+    assert resources.cores == 1
+    assert resources.recommended_parallel_pairs == 1
+    assert resources.recommended_workers_per_pair == 1
+
+
+def test_cgroup_v2_quota_limits_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert read_cgroup_cpu_quota(tmp_path) == pytest.approx(2.5)
+    resources = detect_resources(cgroup_root=tmp_path)
+    assert resources.affinity_cores == 16
+    assert resources.cpu_quota == pytest.approx(2.5)
+    assert resources.cores == 2
+
+
+def test_cgroup_v2_without_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert read_cgroup_cpu_quota(tmp_path) is None
+    assert detect_resources(cgroup_root=tmp_path).cores == 8
+
+
+def test_cgroup_v1_quota_limits_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    resources = detect_resources(cgroup_root=tmp_path)
+    assert resources.cores == 4
+    assert resources.recommended_parallel_pairs == 1
+    assert resources.recommended_workers_per_pair == 4
+
+
+def test_cgroup_v1_unlimited_quota(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert read_cgroup_cpu_quota(tmp_path) is None
+
+
+def test_cgroup_quota_below_one_core_gives_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert detect_resources(cgroup_root=tmp_path).cores == 1
+
+
+def test_cgroup_v2_memory_limit_lowers_ram(tmp_path):
+    (tmp_path / "memory.max").write_text(str(2 * GB))
+    (tmp_path / "memory.current").write_text(str(GB // 2))
+    resources = detect_resources(cpu_count=4, cgroup_root=tmp_path,
+                                 memory_total_bytes=16 * GB, memory_available_bytes=12 * GB)
+    assert resources.memory_limited_by_cgroup
+    assert resources.ram_total_gb == pytest.approx(2.0)
+    assert resources.ram_available_gb == pytest.approx(1.5)
+
+
+def test_cgroup_v1_memory_without_limit(tmp_path):
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712")
+    (tmp_path / "memory" / "memory.usage_in_bytes").write_text(str(GB))
+    assert read_cgroup_memory(tmp_path) == (None, GB)
+    resources = detect_resources(cpu_count=4, cgroup_root=tmp_path,
+                                 memory_total_bytes=16 * GB, memory_available_bytes=12 * GB)
+    assert not resources.memory_limited_by_cgroup
+    assert resources.ram_total_gb == pytest.approx(16.0)
+    assert resources.ram_available_gb == pytest.approx(12.0)
+
+
+def test_injected_cpu_count_overrides_detection(tmp_path):
+    resources = detect_resources(cpu_count=128, cgroup_root=tmp_path)
+    assert resources.cores == 128
+    assert resources.recommended_parallel_pairs == 30
+    assert resources.recommended_workers_per_pair == 4
+
+
+# ----------------------------------------------------------------------------- the worker formula
+
+
+@pytest.mark.parametrize("cores, pairs, workers", [
+    (1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 1, 4), (7, 1, 4), (8, 2, 4), (16, 4, 4), (64, 16, 4),
+    (120, 30, 4), (128, 30, 4), (256, 30, 4),
+])
+def test_plan_workers_recommendation(cores, pairs, workers):
+    plan = plan_workers(cores, n_pairs=1000)
+    assert (plan.parallel_pairs, plan.workers_per_pair) == (pairs, workers)
+
+
+def test_plan_workers_formula_over_all_core_counts():
+    for cores in range(1, 257):
+        plan = plan_workers(cores, n_pairs=1000)
+        expected_pairs = min(30, max(1, cores // 4))
+        assert plan.parallel_pairs == expected_pairs, cores
+        assert plan.workers_per_pair == max(1, min(4, cores // expected_pairs)), cores
+        assert plan.parallel_pairs * plan.workers_per_pair <= cores, cores
+
+
+def test_plan_workers_never_exceeds_cores_with_requests():
+    for cores in range(1, 257, 3):
+        for n_pairs in (1, 2, 7, 40):
+            for requested_pairs in (None, 1, 3, 16, 64, 300):
+                for requested_workers in (None, 1, 2, 5, 32):
+                    for memory_cap in (None, 1, 5):
+                        plan = plan_workers(cores, n_pairs, requested_pairs, requested_workers, memory_cap)
+                        case = (cores, n_pairs, requested_pairs, requested_workers, memory_cap)
+                        assert plan.parallel_pairs >= 1, case
+                        assert plan.workers_per_pair >= 1, case
+                        assert plan.parallel_pairs * plan.workers_per_pair <= cores, case
+                        assert plan.parallel_pairs <= n_pairs, case
+                        if requested_workers is not None:
+                            assert plan.workers_per_pair <= requested_workers, case
+
+
+def test_plan_workers_fewer_pairs_than_slots():
+    plan = plan_workers(128, n_pairs=2)
+    assert (plan.parallel_pairs, plan.workers_per_pair, plan.limited_by) == (2, 4, "pairs")
+
+
+def test_plan_workers_max_workers_sets_threads():
+    assert plan_workers(2, 1, max_workers=1).workers_per_pair == 1
+    assert plan_workers(2, 1, max_workers=2).workers_per_pair == 2
+    assert plan_workers(64, 1, parallel_pairs=1, max_workers=8).workers_per_pair == 8
+
+
+def test_plan_workers_lowers_oversized_requests_with_note():
+    plan = plan_workers(2, 10, parallel_pairs=8, max_workers=4)
+    assert (plan.parallel_pairs, plan.workers_per_pair) == (2, 1)
+    assert any("--parallel-pairs 8 lowered to 2" in note for note in plan.notes)
+    assert any("--max-workers 4 lowered to 1" in note for note in plan.notes)
+
+
+def test_plan_workers_memory_cap():
+    plan = plan_workers(128, n_pairs=100, max_pairs_by_memory=3)
+    assert (plan.parallel_pairs, plan.workers_per_pair, plan.limited_by) == (3, 4, "memory")
+    assert max_pairs_for_memory(10 * GB, 2 * GB) == 4
+    assert max_pairs_for_memory(GB, 4 * GB) == 1
+    assert max_pairs_for_memory(GB, 0) is None
+
+
+def test_plan_workers_rejects_zero_cores():
+    with pytest.raises(ValueError, match="cores must be at least 1"):
+        plan_workers(0, 1)
+
+
+def test_make_plan_memory_limits_parallel_pairs(tmp_path):
+    names = ["EURUSD_2020", "GBPUSD_2020", "USDJPY_2020"]
+    files = pair_files(tmp_path, names)
+    for pair_file in files:
+        write_ticks(pair_file.path, rows=5000)
+    # 5,000 ticks x 200 bytes = 1 MB per pair; 2.6 MB available x 0.8 headroom fits two.
+    resources = fake_resources(cores=64, ram_available_gb=2.6e6 / GB)
+    plan = vast_mode.make_plan(resources, files, "generate-base")
+    assert plan.bytes_per_pair == 1_000_000
+    assert plan.total_ticks == 15_000
+    assert plan.parallel_pairs == 2
+    assert plan.workers.limited_by == "memory"
+
+    out = io.StringIO()
+    vast_mode.print_resources_banner(resources, scan_input_dir(tmp_path), plan, "generate-base", out)
+    assert "Memory, not cores, limits parallel pairs" in out.getvalue()
+    assert "Parallel pairs:     2 (limited by memory, not cores)" in out.getvalue()
+
+
+def test_read_tick_file_info_reads_footer(tmp_path):
+    real = read_tick_file_info(write_ticks(tmp_path / "EURUSD_2020.parquet", rows=321))
+    marked = read_tick_file_info(write_ticks(tmp_path / "GBPUSD_2020.parquet", rows=5, synthetic=True))
+    (tmp_path / "AUDUSD_2020.parquet").write_bytes(b"not a parquet file")
+    broken = read_tick_file_info(tmp_path / "AUDUSD_2020.parquet")
+    assert (real.rows, real.synthetic, real.error) == (321, False, None)
+    assert (marked.rows, marked.synthetic) == (5, True)
+    assert broken.rows == 0
+    assert broken.error is not None
+
+
+# ----------------------------------------------------------------------------- scan, banner, selection
+
+
+def test_banner_lists_invalid_and_duplicate_files(tmp_path):
+    write_ticks(tmp_path / "EURUSD_2020.parquet", rows=100, synthetic=True)
+    write_ticks(tmp_path / "GBPUSD_2013.parquet", rows=50)
+    write_ticks(tmp_path / "GBPUSD_2013.PARQUET", rows=50)
+    write_ticks(tmp_path / "eurusd-2021.parquet", rows=10)
+    scan = scan_input_dir(tmp_path)
+    assert [f.pair_year for f in scan.valid] == ["EURUSD_2020"]
+    assert len(scan.invalid) == 3
+
+    resources = fake_resources(cores=2)
+    plan = vast_mode.make_plan(resources, scan.valid, "generate-base")
+    out = io.StringIO()
+    vast_mode.print_resources_banner(resources, scan, plan, "generate-base", out)
+    banner = out.getvalue()
+    assert "Parquet files:      1 valid, 3 invalid" in banner
+    assert "INVALID eurusd-2021.parquet:" in banner
+    assert "INVALID GBPUSD_2013.PARQUET: Conflicting tick files for GBPUSD_2013" in banner
+    assert "INVALID GBPUSD_2013.parquet: Conflicting tick files for GBPUSD_2013" in banner
+    for line in banner.splitlines():
+        if line.startswith("  INVALID"):
+            assert "Expected PAIR_YEAR.parquet" in line, line
+    assert "CPU cores:          2" in banner
+    assert "Parallel pairs:     1" in banner
+    assert "Workers per pair:   2" in banner
+    assert "Estimated time:     ~" in banner
+    assert "(estimate:" in banner
+    assert "SYNTHETIC sample data (1 of 1 files)" in banner
+
+
+def test_run_vast_mode_counts_invalid_and_duplicate_paths(tmp_path):
+    paths = [tmp_path / "EURUSD_2020.parquet", tmp_path / "EURUSD_2020.PARQUET", tmp_path / "eur_2020.parquet",
+             tmp_path / "GBPUSD_2013.parquet"]
+    out = io.StringIO()
+    summary = vast_mode.run_vast_mode(paths, "generate-base", tmp_path / "out", Config(), 1, 1,
+                                      stream=out, job_function=ok_job)
+    by_pair = {r.pair_year: r for r in summary.results}
+    assert summary.total == 4
+    assert summary.failed == 3
+    assert by_pair["GBPUSD_2013"].ok
+    assert not by_pair["EURUSD_2020.parquet"].ok
+    assert "Conflicting tick files" in by_pair["EURUSD_2020.PARQUET"].message
+    assert "Expected PAIR_YEAR.parquet" in by_pair["eur_2020.parquet"].message
+    assert "[1/1] GBPUSD_2013 - generate-base complete" in out.getvalue()
+
+
+def test_select_pairs_by_symbol_or_pair_year_ignoring_case(tmp_path):
+    files = pair_files(tmp_path, ["EURUSD_2019", "EURUSD_2020", "GBPJPY_2020", "USDJPY_2013"])
+    chosen = vast_mode.select_pairs(files, ["eurusd", "GbpJpy_2020"])
+    assert [f.pair_year for f in chosen] == ["EURUSD_2019", "EURUSD_2020", "GBPJPY_2020"]
+    assert vast_mode.select_pairs(files, None) == files
+    with pytest.raises(vast_mode.PairSelectionError, match="no tick file for XAUUSD, EURUSD_2021"):
+        vast_mode.select_pairs(files, ["XAUUSD", "EURUSD_2021", "USDJPY"])
+
+
+# ----------------------------------------------------------------------------- command-line errors
+
+
+def test_version_flag():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"fxresearch {__import__('fxresearch').__version__}"
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, message: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def test_cli_no_mode():
+    result = run_cli("--vast-mode", "--input-dir", str(REPO_ROOT))
+    assert_usage_error(result, "Must specify either --generate-base or --search-light")
+
+
+def test_cli_no_mode_message_is_exact():
+    result = run_cli("--parquet", "x.parquet")
+    assert result.stderr.strip() == ("error: Must specify either --generate-base or --search-light "
+                                     "(run with --help for usage)")
+
+
+def test_cli_two_modes():
+    result = run_cli("--vast-mode", "--generate-base", "--search-light")
+    assert_usage_error(result, "Only one job per run: --generate-base and --search-light cannot be combined")
+
+
+def test_cli_neither_parquet_nor_vast_mode():
+    result = run_cli("--generate-base")
+    assert_usage_error(result, "Must specify either --parquet FILE (one pair) or --vast-mode")
+
+
+def test_cli_parquet_and_vast_mode_together(tmp_path):
+    result = run_cli("--vast-mode", "--parquet", str(tmp_path / "EURUSD_2020.parquet"), "--generate-base")
+    assert_usage_error(result, "Use either --parquet FILE (one pair) or --vast-mode (a folder), not both")
+
+
+def test_cli_missing_input_dir(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(missing))
+    assert_usage_error(result, f"Input folder not found: {missing}. --input-dir must be a folder of "
+                               "PAIR_YEAR.parquet files")
+
+
+def test_cli_input_dir_without_parquet_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("no ticks here")
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(tmp_path))
+    assert_usage_error(result, f"No parquet files found in {tmp_path}")
+    assert result.stderr.strip() == f"error: No parquet files found in {tmp_path}"
+
+
+def test_cli_bad_config(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[bars]\nlookback = 3\n")
+    write_ticks(tmp_path / "EURUSD_2020.parquet", rows=10)
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(tmp_path), "--config", str(config))
+    assert_usage_error(result, f"Unknown key 'lookback' in [bars] of {config}; known keys: timeframes_min")
+
+
+def test_cli_missing_config_file(tmp_path):
+    write_ticks(tmp_path / "EURUSD_2020.parquet", rows=10)
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(tmp_path),
+                     "--config", str(tmp_path / "absent.toml"))
+    assert_usage_error(result, f"Config file not found: {tmp_path / 'absent.toml'}")
+
+
+def test_cli_pairs_not_found(tmp_path):
+    write_ticks(tmp_path / "EURUSD_2020.parquet", rows=10)
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(tmp_path), "--pairs", "xauusd")
+    assert_usage_error(result, "--pairs: no tick file for XAUUSD in the input folder (available: EURUSD_2020)")
+
+
+def test_cli_invalid_parallel_pairs(tmp_path):
+    result = run_cli("--vast-mode", "--generate-base", "--parallel-pairs", "0")
+    assert_usage_error(result, "argument --parallel-pairs: expected a whole number of at least 1, got 0")
+
+
+def test_cli_vast_only_option_without_vast_mode(tmp_path):
+    parquet = write_ticks(tmp_path / "EURUSD_2020.parquet", rows=10)
+    result = run_cli("--parquet", str(parquet), "--generate-base", "--dry-run")
+    assert_usage_error(result, "--dry-run only applies with --vast-mode")
+
+
+def test_cli_single_pair_bad_name(tmp_path):
+    parquet = write_ticks(tmp_path / "eurusd2020.parquet", rows=10)
+    result = run_cli("--parquet", str(parquet), "--generate-base", "--output-dir", str(tmp_path / "out"))
+    assert_usage_error(result, "Invalid tick file name 'eurusd2020.parquet'")
+
+
+def test_cli_dry_run_writes_nothing(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_ticks(folder / "EURUSD_2020.parquet", rows=100)
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(folder), "--dry-run",
+                     "--output-dir", str(tmp_path / "out"), "--max-workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert "Workers per pair:   1" in result.stdout
+    assert "EURUSD_2020  100 ticks" in result.stdout
+    assert "Dry run: nothing was run." in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_workers_caps_threads_in_pair_process(tmp_path, workers):
+    files = pair_files(tmp_path, ["EURUSD_2020"])
+    summary = vast_mode.run_vast_mode(files, "generate-base", tmp_path / "out", Config(), parallel_pairs=1,
+                                      workers_per_pair=workers, stream=io.StringIO(),
+                                      job_function=probe_threads_job)
+    result = summary.results[0]
+    assert result.ok, result.message
+    report = json.loads(result.message)
+    assert report["pid"] != os.getpid()
+    assert report["numba"] == workers
+    assert report["arrow_cpu"] == workers
+    assert report["arrow_io"] == workers
+    assert report["omp_env"] == str(workers)
+    assert all(threads <= workers for threads in report["blas"]), report["blas"]
+
+
+def test_failing_and_crashing_pairs_do_not_stop_others(tmp_path, capfd):
+    names = ["AUDUSD_2020", "EURUSD_2020", "GBPUSD_2013", "NZDUSD_2014", "USDJPY_2013"]
+    run_logs = vast_mode.new_run_logs(tmp_path / "out")
+    out = io.StringIO()
+    summary = vast_mode.run_vast_mode(pair_files(tmp_path, names), "generate-base", tmp_path / "out", Config(),
+                                      parallel_pairs=2, workers_per_pair=1, stream=out,
+                                      job_function=flaky_job, run_logs=run_logs)
+    by_pair = {r.pair_year: r for r in summary.results}
+    assert sorted(by_pair) == names
+    assert summary.total == 5
+    assert summary.failed == 2
+    for name in ("AUDUSD_2020", "EURUSD_2020", "NZDUSD_2014"):
+        assert by_pair[name].ok, by_pair[name].message
+    assert by_pair["GBPUSD_2013"].message == "ValueError: bid column has 3 NaN rows"
+    assert by_pair["USDJPY_2013"].message.startswith("worker process crashed")
+
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5
+    assert "\u274c" in next(line for line in lines if "GBPUSD_2013" in line)
+    assert "GBPUSD_2013 - generate-base failed: ValueError: bid column has 3 NaN rows" in out.getvalue()
+    assert "USDJPY_2013 - generate-base failed: worker process crashed" in out.getvalue()
+    assert [line.split("]")[0].split("[")[1] for line in lines] == [f"{i}/5" for i in range(1, 6)]
+
+    # Tracebacks go to the log file only.
+    log_text = run_logs.log_path.read_text()
+    assert "Traceback" in log_text
+    assert "second line that must not reach the screen" in log_text
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert "second line that must not reach the screen" not in captured.err
+
+    events = [json.loads(line) for line in run_logs.ledger_path.read_text().splitlines()]
+    ends = {e["pair"]: e for e in events if e["event"] == "end"}
+    assert sorted(ends) == names
+    assert ends["USDJPY_2013"]["ok"] is False
+    assert ends["AUDUSD_2020"]["ok"] is True
+    assert {e["pair"] for e in events if e["event"] == "start"} == set(names)
+
+
+def test_crash_without_ledger_fails_only_crashing_pair(tmp_path):
+    names = ["EURUSD_2020", "USDJPY_2013", "AUDUSD_2020"]
+    summary = vast_mode.run_vast_mode(pair_files(tmp_path, names), "generate-base", tmp_path / "out", Config(),
+                                      parallel_pairs=2, workers_per_pair=1, stream=io.StringIO(),
+                                      job_function=flaky_job)
+    failed = [r.pair_year for r in summary.results if not r.ok]
+    assert failed == ["USDJPY_2013"]
+    assert summary.successful == 2
+
+
+def test_pair_lines_fall_back_to_ascii(tmp_path):
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    names = ["EURUSD_2020", "GBPUSD_2013"]
+    summary = vast_mode.run_vast_mode(pair_files(tmp_path, names), "generate-base", tmp_path / "out", Config(),
+                                      parallel_pairs=1, workers_per_pair=1, stream=stream, job_function=flaky_job)
+    vast_mode.print_summary(summary, stream=stream)
+    stream.seek(0)
+    text = stream.read()
+    assert "OK [1/2] EURUSD_2020 - generate-base complete (" in text
+    assert "FAIL [2/2] GBPUSD_2013 - generate-base failed: ValueError: bid column has 3 NaN rows" in text
+    assert "  Failed: 1\n" in text
+
+
+def test_run_pair_returns_failure_instead_of_raising(tmp_path, monkeypatch):
+    # In this process the thread caps would leak into the tests that run after this one.
+    monkeypatch.setattr(vast_mode, "_setup_worker_environment", lambda workers: None)
+    result = vast_mode.run_pair(flaky_job, "search-light", tmp_path / "GBPUSD_2013.parquet", tmp_path, Config())
+    assert not result.ok
+    assert result.pair_year == "GBPUSD_2013"
+    assert result.job == "search-light"
+    assert result.message == "ValueError: bid column has 3 NaN rows"
+
+
+def test_synthetic_marker_reaches_results(tmp_path):
+    out = io.StringIO()
+    summary = vast_mode.run_vast_mode(pair_files(tmp_path, ["EURUSD_2020", "GBPUSD_2013"]), "generate-base",
+                                      tmp_path / "out", Config(), 1, 1, stream=out, job_function=ok_job,
+                                      synthetic={"GBPUSD_2013": True})
+    assert all(r.synthetic for r in summary.results)
+    assert out.getvalue().count("[synthetic data]") == 2
+    summary_text = io.StringIO()
+    vast_mode.print_summary(summary, stream=summary_text)
+    assert "Results are on SYNTHETIC data" in summary_text.getvalue()
