@@ -3,7 +3,7 @@
 The kernel takes and returns numpy arrays and plain numbers only. ``fxresearch.backtest``
 validates the input, states the trading rules and converts points to prices and pips. Every
 exit by stop-loss, take-profit, horizon, data hole or end of data comes from
-``fxresearch._fill_kernels.find_exit_bars_nb``; this module only decides when a trade opens
+``fxresearch._fill_kernels.find_exit_bars_nb``. This module only decides when a trade opens
 and when an opposite signal closes it.
 """
 
@@ -113,7 +113,7 @@ def run_strategies_nb(
 ):
     """Backtest many strategies in parallel, one ``prange`` iteration per strategy.
 
-    Signals are stored by row in CSR form: row r holds ``signal_bar`` and ``signal_side``
+    Signals are stored by row in CSR form: row r contains ``signal_bar`` and ``signal_side``
     entries ``signal_offsets[r] .. signal_offsets[r + 1] - 1``, in bar order, sides +1/-1
     only. Strategy s reads row ``strategy_row[s]`` and writes its trades from
     ``out_offsets[s]``; ``out_offsets[s + 1] - out_offsets[s]`` must be at least the number

@@ -9,8 +9,8 @@ Trading rules, for each strategy on its own:
   any signal whose entry tick comes before the open trade's exit tick. A signal whose entry
   tick is the exit tick itself opens the next trade there.
 - Stop and reverse: an opposite signal closes the open trade at its own entry tick, at the
-  trigger-side price (the bid for a long, the ask for a short), with reason ``signal``, and
-  opens the opposite trade at that same tick. A stop-loss, take-profit or horizon reached on
+  trigger-side price (the bid for a long, the ask for a short), with reason ``signal``. The
+  opposite trade opens at that same tick. A stop-loss, take-profit or horizon reached on
   that tick comes first: the trade exits by the fill kernel and the opposite trade still opens
   there.
 - Otherwise the fill kernel (``fxresearch.fills``) closes the trade: stop-loss, take-profit,
@@ -42,7 +42,7 @@ from fxresearch.strategies import Strategy
 
 logger = logging.getLogger(__name__)
 
-# Signal entries per kernel call; bounds the scratch arrays to about 50 bytes per entry.
+# Signal entries per kernel call. The kernel's output arrays take 42 bytes per entry.
 MAX_SIGNALS_PER_CALL = 2_000_000
 
 

@@ -14,8 +14,8 @@ and period:
   counts, a day without an exit counting 0, plus any exit day outside that set (an
   in-sample trade closing after the split). NaN with fewer than 20 days or a zero std (below 1e-9 pips).
 - ``max_drawdown_pips``: the largest fall of cumulative trade P&L from its running peak,
-  starting from 0 and taking trades in exit order; a positive number, 0 when P&L never
-  falls, NaN without trades.
+  starting from 0 and taking trades in exit order. It is a positive number, 0 when P&L
+  never falls and NaN without trades.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _daily_sharpe(group: np.ndarray, pips: np.ndarray, exit_time_ns: np.ndarray,
         squares += (n_days - n_exit_days) * mean ** 2
         std = np.sqrt(squares / (n_days - 1))
         sharpe = mean / std * np.sqrt(TRADING_DAYS_PER_YEAR)
-    # Rounding leaves a std of about 1e-15 where every day has the same P&L; treat it as zero.
+    # Rounding can leave a tiny nonzero std when every day has the same P&L, so treat it as zero.
     valid = (n_days >= MIN_SHARPE_DAYS) & (std > 1e-9)
     return np.where(valid, sharpe, np.nan)
 

@@ -45,7 +45,7 @@ INPUT_REGIMES = "regimes"
 INPUT_PATTERNS = "patterns"
 
 # Tokens that select regimes by name in ``regime_ma_cross``: a bar is allowed when its regime
-# name contains the token (regime names look like ``trend_high_vol`` or ``range_low_vol``).
+# name contains the token (``fxresearch.regimes`` names them like ``trend_up_high_vol`` or ``range_low_vol``).
 REGIME_TOKENS: tuple[str, ...] = ("trend", "range", "high_vol", "low_vol")
 
 # Japan has kept UTC+9 without daylight saving since 1951, so a Tokyo session in local hours
@@ -105,7 +105,7 @@ class SignalContext:
 
     ``features`` must be at the bars' timeframe and is matched to bars by ``timestamp``.
     ``regimes`` (``timestamp``, ``regime_name``) may be at a coarser timeframe
-    ``regimes_timeframe_min``: a bar sees the regime of the last regime bar that closed at or
+    ``regimes_timeframe_min``: a bar gets the regime of the last regime bar that closed at or
     before its own close. ``patterns_doc`` is the train-selected pattern document read by
     ``fxresearch.patterns.apply_patterns``.
     """
@@ -136,7 +136,7 @@ class SignalContext:
             raise ValueError("regimes_timeframe_min is required with regimes; pass config.regimes.timeframe_min.")
 
     def available(self) -> set[str]:
-        """Return the inputs this context holds: bars always, features, regimes, patterns if set."""
+        """Return the inputs this context contains: bars always, and features, regimes and patterns when set."""
         inputs = {INPUT_BARS}
         if self.features is not None and len(self.features):
             inputs.add(INPUT_FEATURES)
@@ -223,7 +223,7 @@ def _to_signal(long_mask: np.ndarray, short_mask: np.ndarray) -> np.ndarray:
     signal = np.zeros(len(long_mask), dtype=np.int8)
     signal[long_mask] = 1
     signal[short_mask] = -1
-    # A bar that would be both says nothing.
+    # A bar that would be both long and short gets no signal.
     signal[long_mask & short_mask] = 0
     return signal
 
@@ -236,7 +236,7 @@ def ma_cross_signals(context: SignalContext, fast: int, slow: int) -> np.ndarray
     """Signal where the fast SMA of the mid close crosses the slow SMA.
 
     Long on the bar where ``fast - slow`` turns positive after being zero or negative on the
-    previous bar; short where it turns negative after being zero or positive.
+    previous bar. Short where it turns negative after being zero or positive.
     """
     if not 0 < fast < slow:
         raise ValueError(f"ma_cross needs 0 < fast < slow, got fast={fast}, slow={slow}")
@@ -251,7 +251,7 @@ def ma_cross_signals(context: SignalContext, fast: int, slow: int) -> np.ndarray
 def rsi_reversion_signals(context: SignalContext, window: int, lower: float, upper: float) -> np.ndarray:
     """Signal when the Wilder RSI of the mid close crosses back into the [lower, upper] band.
 
-    Long on the bar where the RSI rises to ``lower`` or above after closing below it; short
+    Long on the bar where the RSI rises to ``lower`` or above after closing below it. Short
     where it falls to ``upper`` or below after closing above it.
     """
     if not 0 < lower < upper < 100:
@@ -264,7 +264,7 @@ def zscore_reversion_signals(context: SignalContext, window: int, entry_z: float
     """Signal when the rolling z-score of the mid close crosses back inside ±entry_z.
 
     The z-score is ``(close - mean) / std`` over ``window`` bars, population std. Long on the
-    bar where it rises to ``-entry_z`` or above after closing below; short where it falls to
+    bar where it rises to ``-entry_z`` or above after closing below. Short where it falls to
     ``+entry_z`` or below after closing above.
     """
     if not entry_z > 0:
@@ -278,7 +278,7 @@ def donchian_breakout_signals(context: SignalContext, lookback: int) -> np.ndarr
 
     The channel on bar t is the max mid high and min mid low of bars t-lookback .. t-1, so
     bar t itself is not in it. Every bar that closes above the channel is a long signal and
-    every bar below it a short; the backtest ignores repeats while a trade is open.
+    every bar below it a short, and the backtest ignores repeats while a trade is open.
     """
     if lookback < 1:
         raise ValueError(f"donchian_breakout needs lookback >= 1, got {lookback}")
@@ -298,7 +298,7 @@ def session_breakout_signals(context: SignalContext, buffer_pips: float) -> np.n
     session's end, so a bar can signal only when it opens at or after that end and opens
     inside the London session. Long on the first such bar whose mid close is above the range
     high plus ``buffer_pips``, and again each time the close comes back above after falling
-    below; short mirrors this below the range low minus ``buffer_pips``.
+    below. Short mirrors this below the range low minus ``buffer_pips``.
     """
     if buffer_pips < 0:
         raise ValueError(f"session_breakout needs buffer_pips >= 0, got {buffer_pips}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,14 +12,15 @@ import fxresearch.backtest as backtest
 from fxresearch._fill_kernels import OPEN_AT_LIMIT, SIGNAL, find_exit_ticks_nb
 from fxresearch.backtest import Trades, run_backtests
 from fxresearch.bars import build_bars, entry_tick_index
+from fxresearch.config import SearchConfig
 from fxresearch.fills import REASONS, horizon_to_ns, pips_to_points, prepare_tick_arrays, simulate_trade
 from fxresearch.instruments import get_instrument
-from fxresearch.strategies import Strategy
+from fxresearch.strategies import SignalContext, Strategy, compute_signals, generate_strategies
 from fxresearch.timeutil import datetime_to_ns
 
 EURUSD = get_instrument("EURUSD")
 NS_PER_SECOND = 1_000_000_000
-# Hand-made ticks: one every 10 s from a Wednesday 10:00 UTC, so one-minute bar b holds ticks
+# Hand-made ticks: one every 10 s from a Wednesday 10:00 UTC, so one-minute bar b contains ticks
 # 6b .. 6b+5 and a signal on bar b enters at tick 6(b+1).
 START_NS = int(datetime_to_ns(["2024-01-10 10:00:00"])[0])
 N_HAND_TICKS = 120
@@ -205,8 +208,8 @@ def _reference_backtest(arrays, bars, timeframe_min, strategy, signal, horizon_m
     """Slow reference: replay signals in bar order with the plain tick-scan fill kernel.
 
     For each signal the open trade is scanned up to that signal's entry tick. If it exits on
-    the way the position is flat; otherwise a same-direction signal is skipped and an opposite
-    one closes the trade there and reverses.
+    the way, the position is flat. Otherwise a same-direction signal is skipped, and an
+    opposite one closes the trade there and reverses.
     """
     n_ticks = len(arrays.timestamp_ns)
     bar_entry = entry_tick_index(arrays.timestamp_ns, bars, timeframe_min)
@@ -334,3 +337,30 @@ def test_one_position_at_a_time(random_market):
         reversed_ = trades.reason[mask][:-1] == SIGNAL
         assert np.all(entry[1:][reversed_] == exit_[:-1][reversed_])
         assert np.all(trades.side[mask][1:][reversed_] == -trades.side[mask][:-1][reversed_])
+
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_real_ticks_match_reference_and_threads():
+    """Template strategies on 48 hours of Dukascopy EURUSD ticks: reference and 1 vs 2 threads."""
+    path = DATA_DIR / "parquet" / "EURUSD_2019.parquet"
+    if not path.exists():
+        pytest.skip(f"real tick file {path} is absent; it lives outside the repository")
+    frame = pd.read_parquet(path)
+    timestamp_ns = datetime_to_ns(frame["timestamp"])
+    bid, ask = frame["bid"].to_numpy(), frame["ask"].to_numpy()
+    arrays = prepare_tick_arrays(timestamp_ns, bid, ask, EURUSD, 30.0)
+    bars = build_bars(timestamp_ns, bid, ask, 5)
+    context = SignalContext(bars, 5, EURUSD)
+    search = SearchConfig(families=("ma_cross", "donchian_breakout", "zscore_reversion"))
+    strategies = generate_strategies(search, context.available())
+    signals = {s.signal_key: compute_signals(s.family, s.params, context) for s in strategies}
+
+    serial = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=1)
+    parallel = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=2)
+    for name in Trades.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(serial, name), getattr(parallel, name), err_msg=name)
+    for s in range(0, len(strategies), 37):
+        expected = _reference_backtest(arrays, bars, 5, strategies[s], signals[strategies[s].signal_key], 240.0)
+        assert _trade_tuples(serial, s) == expected, strategies[s]

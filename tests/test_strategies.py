@@ -247,8 +247,8 @@ class TestStrategyId:
         result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                                 check=True, env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin",
                                                  "PYTHONPATH": str(REPO)})
-        here = [s.strategy_id for s in generate_strategies(SearchConfig(), ALL_INPUTS)]
-        assert result.stdout.strip().split(",") == here
+        in_this_process = [s.strategy_id for s in generate_strategies(SearchConfig(), ALL_INPUTS)]
+        assert result.stdout.strip().split(",") == in_this_process
 
 
 def test_signal_cache_shared_by_sl_tp_variants():
