@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+import vast_mode
 from fxresearch import __version__
+from fxresearch.config import Config, ConfigError, load_config
+from fxresearch.naming import InvalidFileNameError, parse_pair_filename, scan_input_dir
 
 DEFAULT_INPUT_DIR = Path("data/parquet")
 DEFAULT_OUTPUT_DIR = Path("output")
@@ -132,20 +135,15 @@ def validate_args(args: argparse.Namespace) -> None:
                          "PAIR_YEAR.parquet files", hint=False)
 
 
-def _load_config(path: Path | None):
-    from fxresearch.config import ConfigError, load_config
-
+def _load_config(path: Path | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
         raise UsageError(str(exc), hint=False) from None
 
 
-def run_single(args: argparse.Namespace, config) -> int:
+def run_single(args: argparse.Namespace, config: Config) -> int:
     """Run one pair in this process and print the same line and summary as VAST mode."""
-    import vast_mode
-    from fxresearch.naming import InvalidFileNameError, parse_pair_filename
-
     try:
         parse_pair_filename(args.parquet)
     except InvalidFileNameError as exc:
@@ -163,22 +161,18 @@ def run_single(args: argparse.Namespace, config) -> int:
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED
 
 
-def _start_run_logs(args: argparse.Namespace):
-    import vast_mode
-
+def _start_run_logs(args: argparse.Namespace) -> vast_mode.RunLogs:
     run_logs = vast_mode.new_run_logs(args.output_dir, getattr(logging, args.log_level))
     vast_mode.configure_run_logging(run_logs, run_logs.console_level)
     logging.getLogger(__name__).info("fxresearch %s: %s", __version__, " ".join(sys.argv))
     return run_logs
 
 
-def _prepare_input_dir(args: argparse.Namespace, config) -> tuple[Path, bool]:
+def _prepare_input_dir(args: argparse.Namespace, config: Config) -> tuple[Path, bool]:
     """Return the input folder, writing the built-in sample into the default one when it is empty.
 
     The second value is True when the sample was (or, on a dry run, would be) written.
     """
-    from fxresearch.naming import scan_input_dir
-
     if args.input_dir is not None:
         return args.input_dir, False
     folder = DEFAULT_INPUT_DIR
@@ -201,16 +195,16 @@ def _prepare_input_dir(args: argparse.Namespace, config) -> tuple[Path, bool]:
 
     print(f"Generating the synthetic sample in {folder}/ (files marked synthetic in their parquet metadata).")
     folder.mkdir(parents=True, exist_ok=True)
-    written = write_sample_set(folder, sample)
+    try:
+        written = write_sample_set(folder, sample)
+    except ValueError as exc:  # an invalid [sample] section
+        raise UsageError(f"Cannot write the synthetic sample: {exc}", hint=False) from None
     print(f"Wrote {len(written)} synthetic files. Results on them are SYNTHETIC, not market results.")
     return folder, True
 
 
-def run_vast(args: argparse.Namespace, config) -> int:
+def run_vast(args: argparse.Namespace, config: Config) -> int:
     """Scan the folder, print the banner and plan, then fan the pairs out."""
-    import vast_mode
-    from fxresearch.naming import scan_input_dir
-
     folder, sample_pending = _prepare_input_dir(args, config)
     if sample_pending and args.dry_run:
         return EXIT_OK
@@ -251,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="replace")
 
     args = build_parser().parse_args(argv)
+    # Console logging from the start; the run log file is added when a run begins.
+    vast_mode.configure_run_logging(None, getattr(logging, args.log_level))
     try:
         validate_args(args)
         config = _load_config(args.config)

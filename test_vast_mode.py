@@ -554,4 +554,4 @@ def test_synthetic_marker_reaches_results(tmp_path):
     assert out.getvalue().count("[synthetic data]") == 2
     summary_text = io.StringIO()
     vast_mode.print_summary(summary, stream=summary_text)
-    assert "Results are on SYNTHETIC data" in summary_text.getvalue()
+    assert "Results of 2 of 2 pairs are on SYNTHETIC data" in summary_text.getvalue()

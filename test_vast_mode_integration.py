@@ -53,10 +53,10 @@ def test_generate_base_on_builtin_sample(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "data/parquet/ is missing" in result.stdout
     assert "built-in SYNTHETIC sample" in result.stdout
-    assert "Results are on SYNTHETIC data" in result.stdout
     assert "  Failed: 0\n" in result.stdout
 
     pairs = [f"{symbol}_{sample.year}" for symbol in sample.pairs]
+    assert f"Results of {len(pairs)} of {len(pairs)} pairs are on SYNTHETIC data" in result.stdout
     assert sorted(p.name for p in (tmp_path / "data" / "parquet").iterdir()) == sorted(f"{p}.parquet" for p in pairs)
     assert f"  Total pairs: {len(pairs)}\n" in result.stdout
     assert_base_outputs(tmp_path / "output", pairs)

@@ -86,7 +86,7 @@ def test_vast_run_on_sample_folder(sample, tmp_path):
     assert "  Successful: 2\n" in stdout
     assert "  Failed: 0\n" in stdout
     assert re.search(r"^  Total time: \d+\.\ds$", stdout, re.M)
-    assert "Results are on SYNTHETIC data" in stdout
+    assert "Results of 2 of 2 pairs are on SYNTHETIC data" in stdout
     assert "Traceback" not in result.stderr
 
     for pair in ("EURUSD_2025", "GBPUSD_2025"):
@@ -153,6 +153,7 @@ def test_corrupt_parquet_fails_alone_with_ascii_output(sample, tmp_path):
     assert re.search(r"^OK \[\d/2\] EURUSD_2025 - generate-base complete \(\d+\.\d+s\)", result.stdout, re.M)
     assert re.search(r"^FAIL \[\d/2\] GBPUSD_2025 - generate-base failed: \w+", result.stdout, re.M), result.stdout
     assert "\u2705" not in result.stdout
+    assert "Unreadable parquet footer (these pairs will fail): GBPUSD_2025" in result.stdout
     assert "  Failed: 1\n" in result.stdout
     assert "Traceback" not in result.stderr
     assert (tmp_path / "out" / "EURUSD_2025" / "EURUSD_2025_ticks_report.json").is_file()

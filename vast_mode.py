@@ -389,6 +389,10 @@ def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
     return RunPlan(tuple(files), infos, workers, bytes_per_pair, seconds)
 
 
+def _format_bytes(size: float) -> str:
+    return f"{size / GB:.2f} GB" if size >= GB / 10 else f"{size / 1024 ** 2:.1f} MB"
+
+
 def _format_duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -426,11 +430,14 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     for note in plan.workers.notes:
         lines.append(f"  NOTE: {note}")
     lines.append(f"Ticks:              {plan.total_ticks:,} in {len(plan.files)} files")
-    lines.append(f"Memory per pair:    {plan.bytes_per_pair / GB:.2f} GB "
+    unreadable = [pair_year for pair_year, info in plan.infos.items() if info.error]
+    if unreadable:
+        lines.append(f"  Unreadable parquet footer (these pairs will fail): {', '.join(unreadable)}")
+    lines.append(f"Memory per pair:    {_format_bytes(plan.bytes_per_pair)} "
                  f"(estimate: {BYTES_PER_TICK_ESTIMATE} bytes per tick of the largest file)")
     if plan.workers.limited_by == "memory":
         lines.append(f"  Memory, not cores, limits parallel pairs: {plan.parallel_pairs} x "
-                     f"{plan.bytes_per_pair / GB:.2f} GB fit in {resources.ram_available_gb:.1f} GB available")
+                     f"{_format_bytes(plan.bytes_per_pair)} fit in {resources.ram_available_gb:.1f} GB available")
     throughput = TICKS_PER_SECOND_ESTIMATE.get(job_name, min(TICKS_PER_SECOND_ESTIMATE.values()))
     lines.append(f"Estimated time:     ~{_format_duration(plan.estimated_seconds)} (estimate: {throughput:,} "
                  f"ticks/s and {PAIR_SECONDS_ESTIMATE:g} s per pair job, {PROCESS_STARTUP_SECONDS_ESTIMATE:g} s "
@@ -691,8 +698,9 @@ def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream:
     if failed:
         lines.append("  Failed pairs:")
         lines.extend(f"    {r.pair_year}: {r.message}" for r in failed)
-    if summary.synthetic:
-        lines.append("  Results are on SYNTHETIC data (built-in sample), not market data.")
+    synthetic = sum(r.synthetic for r in summary.results)
+    if synthetic:
+        lines.append(f"  Results of {synthetic} of {summary.total} pairs are on SYNTHETIC data, not market data.")
     if run_logs is not None and run_logs.log_path is not None:
         lines.append(f"  Log: {run_logs.log_path}")
         lines.append(f"  Ledger: {run_logs.ledger_path}")

@@ -180,7 +180,7 @@ def read_tick_file_info(path: str | Path) -> TickFileInfo:
     try:
         metadata = pq.ParquetFile(path).metadata
     except (OSError, ValueError) as exc:
-        logger.warning("Cannot read the parquet footer of %s: %s", path, exc)
+        logger.info("Cannot read the parquet footer of %s: %s", path, exc)
         return TickFileInfo(path, 0, False, f"{type(exc).__name__}: {exc}")
     key_values = metadata.metadata or {}
     synthetic = key_values.get(b"synthetic", b"").decode(errors="replace").lower() == "true"
