@@ -142,7 +142,8 @@ class SignalContext:
             inputs.add(INPUT_FEATURES)
         if self.regimes is not None and len(self.regimes):
             inputs.add(INPUT_REGIMES)
-        if self.patterns_doc is not None and self.features is not None and _has_patterns(self.patterns_doc):
+        if (self.patterns_doc is not None and self.features is not None
+                and _has_patterns(self.patterns_doc, self.timeframe_min)):
             inputs.add(INPUT_PATTERNS)
         return inputs
 
@@ -160,9 +161,18 @@ class SignalContext:
         return self.bars["timestamp"].to_numpy().astype(np.int64, copy=False)
 
 
-def _has_patterns(patterns_doc: Mapping[str, Any]) -> bool:
+def _has_patterns(patterns_doc: Mapping[str, Any], timeframe_min: int) -> bool:
+    """Return True when the document has patterns mined on bars of ``timeframe_min``."""
     patterns = patterns_doc.get("patterns") if isinstance(patterns_doc, Mapping) else None
-    return bool(patterns)
+    if not patterns:
+        return False
+    # Bin edges fitted on one timeframe's features do not fit another's.
+    mined_on = patterns_doc.get("timeframe_min", timeframe_min)
+    if mined_on != timeframe_min:
+        logger.warning("Patterns were mined on %s-minute bars, not the search's %d-minute bars; "
+                       "pattern_entry is skipped", mined_on, timeframe_min)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -173,6 +173,15 @@ def test_pattern_entry_aligns_features_to_bars(monkeypatch):
     assert signal.tolist() == [1, -1, 0, 1, 0, -1]
 
 
+def test_patterns_of_other_timeframe_unavailable():
+    bars = _make_bars([100.0] * 6)
+    features = pd.DataFrame({"timestamp": bars["timestamp"].to_numpy(), "x": np.zeros(6)})
+    doc = {"timeframe_min": 15, "patterns": [{"id": "p"}]}
+    assert INPUT_PATTERNS not in _context(bars, features=features, patterns_doc=doc).available()
+    doc["timeframe_min"] = 5
+    assert INPUT_PATTERNS in _context(bars, features=features, patterns_doc=doc).available()
+
+
 @pytest.mark.parametrize("family", ["ma_cross", "rsi_reversion", "zscore_reversion",
                                     "donchian_breakout", "session_breakout"])
 def test_signals_are_causal(family):
