@@ -177,6 +177,112 @@ class InstrumentSpec:
     quote: str
 
 
+# Swap rates in pips per lot per night; negative means the holder pays. These are illustrative
+# retail values, not any broker's quote: set [costs.swap_long_pips_per_night] and
+# [costs.swap_short_pips_per_night] from your broker's current table.
+DEFAULT_SWAP_LONG_PIPS_PER_NIGHT: dict[str, float] = {
+    "EURUSD": -0.7, "GBPUSD": -0.4, "AUDUSD": -0.4, "NZDUSD": -0.4,
+    "USDJPY": 1.5, "USDCHF": 0.6, "USDCAD": -0.2, "EURGBP": -0.4, "EURJPY": 0.8, "GBPJPY": 1.4,
+}
+DEFAULT_SWAP_SHORT_PIPS_PER_NIGHT: dict[str, float] = {
+    "EURUSD": 0.2, "GBPUSD": -0.2, "AUDUSD": -0.1, "NZDUSD": -0.1,
+    "USDJPY": -3.0, "USDCHF": -1.5, "USDCAD": -0.6, "EURGBP": -0.2, "EURJPY": -2.0, "GBPJPY": -3.0,
+}
+
+
+@dataclass(frozen=True)
+class CostsConfig:
+    """Trading costs applied to backtested trades (see docs/costs_and_pnl.md).
+
+    Each per-symbol table in TOML replaces the whole default table; a symbol missing from a
+    swap table is charged no swap.
+    """
+
+    commission_per_lot_per_side_usd: float = 3.5
+    lot_units: float = 100_000.0
+    # Adverse slippage on market fills: every entry and every exit except a take-profit.
+    slippage_pips: float = 0.0
+    # Per symbol: widen each tick's spread by this many pips, half on each side of the mid.
+    spread_markup_pips: dict[str, float] = field(default_factory=dict)
+    # Per symbol, charged per night held through 17:00 New York, three times on Wednesday.
+    swap_long_pips_per_night: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_SWAP_LONG_PIPS_PER_NIGHT))
+    swap_short_pips_per_night: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_SWAP_SHORT_PIPS_PER_NIGHT))
+
+    def __post_init__(self) -> None:
+        for name in ("commission_per_lot_per_side_usd", "slippage_pips"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[costs] {name} = {getattr(self, name)} is negative; set 0 or more")
+        if self.lot_units <= 0:
+            raise ConfigError(f"[costs] lot_units = {self.lot_units} must be positive, e.g. 100000")
+        for symbol, pips in self.spread_markup_pips.items():
+            if pips < 0:
+                raise ConfigError(f"[costs.spread_markup_pips] {symbol} = {pips} is negative; set 0 or more")
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """Account currency and trade size for P&L in money; only USD is supported.
+
+    A currency other than USD raises ConfigError when the section is built, so at load time.
+    """
+
+    currency: str = "USD"
+    # Units of the base currency per trade; 100000 is one standard lot.
+    units: float = 100_000.0
+    # USD value of one unit of a currency, keyed by its code (e.g. JPY = 0.0067). Used only
+    # when no tick file of that currency's USD pair is in the input folder; flagged "fixed".
+    fixed_rates: dict[str, float] = field(default_factory=dict)
+    # A USD pair's last tick older than this at a trade's exit is too stale to convert with.
+    max_rate_age_hours: float = 72.0
+
+    def __post_init__(self) -> None:
+        if self.currency != "USD":
+            raise ConfigError(
+                f"[account] currency = {self.currency!r} is not supported; only \"USD\" is. "
+                f"Remove the key or set it to \"USD\"."
+            )
+        if self.units <= 0:
+            raise ConfigError(f"[account] units = {self.units} must be positive, e.g. 100000 for one lot")
+        if self.max_rate_age_hours <= 0:
+            raise ConfigError(f"[account] max_rate_age_hours = {self.max_rate_age_hours} must be positive")
+        for code, rate in self.fixed_rates.items():
+            if len(code) != 3 or not code.isalpha() or not code.isupper():
+                raise ConfigError(
+                    f"[account.fixed_rates] key {code!r} is not a currency code; use three "
+                    f"uppercase letters such as JPY")
+            if not rate > 0:
+                raise ConfigError(f"[account.fixed_rates] {code} = {rate} must be a positive USD value")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation statistics of the strategy search: walk-forward folds, lockbox, DSR and PBO."""
+
+    # Walk-forward folds after the first training block; "anchored" (expanding) or "rolling" train windows.
+    n_folds: int = 5
+    scheme: str = "anchored"
+    # Trading days dropped after the purge between every train window and the next test block.
+    embargo_days: int = 1
+    # The last fraction of trading days, never seen by any fold, kept for one final check.
+    lockbox_fraction: float = 0.15
+    min_train_days: int = 20
+    min_test_days: int = 20
+    # Daily Sharpe, Sortino and Calmar ratios are NaN on fewer days than this.
+    min_days: int = 20
+    # Strategies join a cluster below this correlation distance sqrt((1 - rho) / 2); 0.5 is rho = 0.5.
+    cluster_threshold: float = 0.5
+    # More distinct return series than this are clustered by samples of this size (see validation.py).
+    max_exact_cluster: int = 2000
+    # CSCV blocks for the probability of backtest overfitting, and the cap on block combinations.
+    pbo_partitions: int = 16
+    max_pbo_combinations: int = 12870
+    # The ranking score is NaN for strategies with fewer trades than this in-sample or out-of-sample.
+    min_trades: int = 30
+    random_state: int = 7
+
+
 @dataclass(frozen=True)
 class Config:
     """Whole tool configuration; each stage reads its own section."""
@@ -191,6 +297,9 @@ class Config:
     regimes: RegimesConfig = field(default_factory=RegimesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    costs: CostsConfig = field(default_factory=CostsConfig)
+    account: AccountConfig = field(default_factory=AccountConfig)
     # Extra or overriding instruments, keyed by symbol (e.g. "XAUEUR").
     instruments: dict[str, InstrumentSpec] = field(default_factory=dict)
 
@@ -274,6 +383,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"Config key {key} in {source} needs {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key {key} in {source} must be a table, got {value!r}")
+        value_hint = typing.get_args(hint)[1]
+        return {str(k): _coerce(v, value_hint, f"{key}.{k}", source) for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"Config key {key} in {source} must be a number, got {value!r}")
