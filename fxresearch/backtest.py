@@ -4,7 +4,8 @@ Trading rules, for each strategy on its own:
 
 - A signal on bar t (+1 long, -1 short) acts at the entry tick: the first tick at or after
   the bar's close, ``open + timeframe``. A bar whose close has no tick after it gives no
-  trade. A long enters at the ask, a short at the bid.
+  trade. A long enters at the ask, a short at the bid. NOTE: a signal bar that closes just
+  before the weekend close or a data hole enters at the first tick after it, however late.
 - One position at a time. A signal in the direction of the open trade is ignored, and so is
   any signal whose entry tick comes before the open trade's exit tick. A signal whose entry
   tick is the exit tick itself opens the next trade there.
