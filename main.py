@@ -125,13 +125,16 @@ def validate_args(args: argparse.Namespace) -> None:
         vast_only = {"--input-dir": args.input_dir is not None, "--parallel-pairs": args.parallel_pairs is not None,
                      "--max-workers": args.max_workers is not None, "--pairs": args.pairs is not None,
                      "--dry-run": args.dry_run}
-        given = [name for name, present in vast_only.items() if present]
-        if given:
-            raise UsageError(f"{', '.join(given)} only applies with --vast-mode")
+        present_options = [name for name, present in vast_only.items() if present]
+        if present_options:
+            raise UsageError(f"{', '.join(present_options)} only applies with --vast-mode")
     if args.parquet is not None and not args.parquet.is_file():
         raise UsageError(f"Parquet file not found: {args.parquet}", hint=False)
-    if args.input_dir is not None and not args.input_dir.is_dir():
+    if args.input_dir is not None and not args.input_dir.exists():
         raise UsageError(f"Input folder not found: {args.input_dir}. --input-dir must be a folder of "
+                         "PAIR_YEAR.parquet files", hint=False)
+    if args.input_dir is not None and not args.input_dir.is_dir():
+        raise UsageError(f"Input path {args.input_dir} is not a folder. --input-dir must be a folder of "
                          "PAIR_YEAR.parquet files", hint=False)
 
 

@@ -62,6 +62,10 @@ def flaky_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, w
     return {"message": "fake job done", "synthetic": False}
 
 
+def crash_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    os._exit(7)
+
+
 def ok_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
     return {"message": f"done {path.stem}", "synthetic": path.stem.startswith("EUR")}
 
@@ -336,7 +340,7 @@ def test_run_vast_mode_counts_invalid_and_duplicate_paths(tmp_path):
     assert "[1/1] GBPUSD_2013 - generate-base complete" in out.getvalue()
 
 
-def test_select_pairs_by_symbol_or_pair_year_ignoring_case(tmp_path):
+def test_select_pairs_ignores_case(tmp_path):
     files = pair_files(tmp_path, ["EURUSD_2019", "EURUSD_2020", "GBPJPY_2020", "USDJPY_2013"])
     chosen = vast_mode.select_pairs(files, ["eurusd", "GbpJpy_2020"])
     assert [f.pair_year for f in chosen] == ["EURUSD_2019", "EURUSD_2020", "GBPJPY_2020"]
@@ -392,6 +396,13 @@ def test_cli_missing_input_dir(tmp_path):
     missing = tmp_path / "nowhere"
     result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(missing))
     assert_usage_error(result, f"Input folder not found: {missing}. --input-dir must be a folder of "
+                               "PAIR_YEAR.parquet files")
+
+
+def test_cli_input_dir_is_a_file(tmp_path):
+    parquet = write_ticks(tmp_path / "EURUSD_2020.parquet", rows=10)
+    result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(parquet))
+    assert_usage_error(result, f"Input path {parquet} is not a folder. --input-dir must be a folder of "
                                "PAIR_YEAR.parquet files")
 
 
@@ -520,6 +531,17 @@ def test_crash_without_ledger_fails_only_crashing_pair(tmp_path):
     failed = [r.pair_year for r in summary.results if not r.ok]
     assert failed == ["USDJPY_2013"]
     assert summary.successful == 2
+
+
+def test_every_pair_crashing_ends(tmp_path):
+    names = ["EURUSD_2020", "GBPUSD_2013", "USDJPY_2013"]
+    run_logs = vast_mode.new_run_logs(tmp_path / "out")
+    summary = vast_mode.run_vast_mode(pair_files(tmp_path, names), "generate-base", tmp_path / "out", Config(),
+                                      parallel_pairs=2, workers_per_pair=1, stream=io.StringIO(),
+                                      job_function=crash_job, run_logs=run_logs)
+    assert sorted(r.pair_year for r in summary.results) == names
+    assert summary.failed == 3
+    assert all(r.message.startswith("worker process crashed") for r in summary.results)
 
 
 def test_pair_lines_fall_back_to_ascii(tmp_path):

@@ -13,10 +13,10 @@ Data flow::
         -> summary    one line per pair as it ends, then totals; the ledger
                       output/runs/<run id>.jsonl and the log output/logs/run-<run id>.log
 
-A pair's failure never stops the others: a pair job's exception becomes a failed
-PairResult inside its worker, and a crashed worker process (segfault, out-of-memory kill,
-``os._exit``) breaks only the current pool, after which the unfinished pairs run again in a
-new one. Every traceback goes to the log file, never to the screen.
+A pair's failure never stops the others. A pair job's exception becomes a failed
+PairResult inside its worker. A crashed worker process (segfault, out-of-memory kill,
+``os._exit``) breaks only the current pool, and the unfinished pairs then run again in a
+new one. Tracebacks of failed pairs go to the log file, not to the screen.
 
 The orchestrator prints progress to a stream because it is the program's user interface;
 the pair jobs below it only log.
@@ -120,12 +120,12 @@ class VastSummary:
 
 @dataclass(frozen=True)
 class RunLogs:
-    """Where a run writes its log and ledger, passed to every pair process."""
+    """Paths of a run's log file and JSONL ledger, passed to every pair process."""
 
     run_id: str
     log_path: Path | None
     ledger_path: Path | None
-    # Level of the console handler; the log file always records INFO and above.
+    # Level of the console handler. The log file always records INFO and above.
     console_level: int = logging.WARNING
 
 
@@ -229,8 +229,8 @@ def _setup_worker_environment(workers: int) -> None:
     """Cap every thread pool of this process at ``workers`` threads.
 
     The environment variables only take effect for libraries loaded after this call (and
-    for child processes); numba, threadpoolctl and pyarrow are also capped at run time, so
-    the cap holds even where numpy was already imported.
+    for child processes). numba, threadpoolctl and pyarrow are also capped at run time, so
+    the cap applies even where numpy was already imported.
     """
     workers = max(1, int(workers))
     for name in THREAD_ENV_VARS:
@@ -282,20 +282,22 @@ def _pair_year_of(path: Path) -> str:
 
 def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: str | Path, config: Config,
              force_rerun: bool = False, workers: int = 1, run_logs: RunLogs | None = None) -> PairResult:
-    """Run one pair's job in this process and return its result; never raises for a job failure.
+    """Run one pair's job in this process and return its result.
 
-    The job's exception is logged with its traceback (to the run log file only) and returned
-    as ``ok=False`` with a one-line reason: the exception type and its message's first line.
+    An ``Exception`` from the job or from the thread set-up is not raised. It is logged
+    with its traceback (to the run log file only) and returned as ``ok=False`` with a
+    one-line reason: the exception type and its message's first line. KeyboardInterrupt
+    and SystemExit propagate.
     """
     path, output_dir = Path(path), Path(output_dir)
     pair_year = _pair_year_of(path)
     _setup_worker_logging(run_logs)
-    _setup_worker_environment(workers)
     _append_ledger(run_logs.ledger_path if run_logs else None, "start", pair_year, job)
     logger.info("%s %s started on %s with %d workers", pair_year, job, path, workers)
 
     started = time.perf_counter()
     try:
+        _setup_worker_environment(workers)
         summary = job_function(path, output_dir, config, force_rerun, workers)
     except Exception as exc:
         seconds = time.perf_counter() - started
@@ -313,13 +315,13 @@ def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: 
 
 def run_generate_base_single(path: str | Path, output_dir: str | Path, config: Config, force_rerun: bool = False,
                              workers: int = 1, run_logs: RunLogs | None = None) -> PairResult:
-    """Build one pair's research base (``fxresearch.base.generate_base``); never raises."""
+    """Build one pair's research base (``fxresearch.base.generate_base``); a failure is returned, not raised."""
     return run_pair(_generate_base_job, "generate-base", path, output_dir, config, force_rerun, workers, run_logs)
 
 
 def run_search_light_single(path: str | Path, output_dir: str | Path, config: Config, force_rerun: bool = False,
                             workers: int = 1, run_logs: RunLogs | None = None) -> PairResult:
-    """Run one pair's light strategy search (``fxresearch.search.search_light``); never raises."""
+    """Run one pair's light strategy search (``fxresearch.search.search_light``); a failure is returned, not raised."""
     return run_pair(_search_light_job, "search-light", path, output_dir, config, force_rerun, workers, run_logs)
 
 
@@ -338,13 +340,13 @@ def select_pairs(files: Sequence[PairFile], requested: Iterable[str] | None) -> 
     """
     if requested is None:
         return list(files)
-    wanted = [r.strip().upper() for r in requested if r.strip()]
-    missing = [w for w in wanted if not any(w in (f.symbol, f.pair_year) for f in files)]
+    requested_ids = [r.strip().upper() for r in requested if r.strip()]
+    missing = [r for r in requested_ids if not any(r in (f.symbol, f.pair_year) for f in files)]
     if missing:
         available = ", ".join(f.pair_year for f in files) or "none"
         raise PairSelectionError(
             f"--pairs: no tick file for {', '.join(missing)} in the input folder (available: {available})")
-    return [f for f in files if f.symbol in wanted or f.pair_year in wanted]
+    return [f for f in files if f.symbol in requested_ids or f.pair_year in requested_ids]
 
 
 @dataclass(frozen=True)
@@ -651,6 +653,9 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
         # The pairs that had started may have crashed the pool; the others did not run yet.
         started_pairs = _pairs_started_since(ledger_path, offset)
         suspects = [p for p in unfinished if started_pairs is None or p.pair_year in started_pairs]
+        if not suspects:
+            # The pool died before any pair started (e.g. in the initializer): suspect them all.
+            suspects = unfinished
         pending = [p for p in unfinished if p not in suspects]
         if len(suspects) == 1:
             progress.record(_crash_result(suspects[0], job))

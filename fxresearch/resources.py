@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 GB = 1024 ** 3
 
-# Cap on pairs run at once; beyond this the disk, not the cores, is the bottleneck.
+# Cap on pairs run at once, so that many pairs reading and writing parquet do not swamp
+# the disk. NOTE: a judgment, not a measured limit.
 MAX_PARALLEL_PAIRS = 30
 # Threads per pair beyond this gain little: most stages are per-timeframe or per-strategy loops.
 MAX_WORKERS_PER_PAIR = 4
@@ -36,10 +37,10 @@ BYTES_PER_TICK_ESTIMATE = 200
 # Share of available RAM the plan may fill, leaving room for the OS and the page cache.
 MEMORY_HEADROOM = 0.8
 
-# Estimated throughput of one pair job in input ticks per second, the fixed cost of each
-# pair, and the start-up of each pair process (spawn, imports, numba cache load); used only
-# for the banner's time estimate. generate-base measured 115,000-215,000 ticks/s on the
-# real test files with one 2-core pair process; NOTE: the search-light figure is a guess.
+# Estimates for the banner's run time only: a pair job's throughput in input ticks per
+# second, the fixed cost of each pair, and the start-up of each pair process (spawn,
+# imports, numba cache load). generate-base ran at 115,000-215,000 ticks/s on the real
+# test files in one 2-core pair process. NOTE: the search-light figure is a guess.
 TICKS_PER_SECOND_ESTIMATE = {"generate-base": 120_000, "search-light": 50_000}
 PAIR_SECONDS_ESTIMATE = 0.5
 PROCESS_STARTUP_SECONDS_ESTIMATE = 5.0
@@ -76,12 +77,12 @@ class WorkerPlan:
 
 @dataclass(frozen=True)
 class TickFileInfo:
-    """What the parquet footer says about one tick file, read without loading its rows."""
+    """Row count and synthetic marker of one tick file, read from its parquet footer only."""
 
     path: Path
     rows: int
     synthetic: bool
-    # Why the footer could not be read, or None; the pair job then fails with the full error.
+    # Why the footer could not be read, or None. The pair job then fails with the full error.
     error: str | None = None
 
 
@@ -159,7 +160,7 @@ def estimate_pair_bytes(rows: int) -> int:
 def estimate_run_seconds(rows: Iterable[int], job: str, parallel_pairs: int) -> float:
     """Return an estimate of a run's wall time from its tick counts.
 
-    Each pair process starts once; the pairs' fixed costs and ticks are divided evenly
+    Each pair process starts once. The pairs' fixed costs and ticks are divided evenly
     across ``parallel_pairs``, which is optimistic when one file is much larger than the rest.
     """
     rows = list(rows)
@@ -171,7 +172,7 @@ def estimate_run_seconds(rows: Iterable[int], job: str, parallel_pairs: int) -> 
 def read_tick_file_info(path: str | Path) -> TickFileInfo:
     """Read a tick file's row count and ``synthetic`` marker from its parquet footer.
 
-    A file that cannot be read is returned with ``rows=0`` and the error; it is not raised
+    A file that cannot be read is returned with ``rows=0`` and the error. It is not raised
     here because the pair's own job reports it as that pair's failure.
     """
     import pyarrow.parquet as pq
@@ -195,7 +196,7 @@ def detect_resources(cpu_count: int | None = None, cgroup_root: str | Path = "/s
     Parameters
     ----------
     cpu_count
-        Cores to assume instead of detecting them (tests, or a scheduler that knows better).
+        Cores to assume instead of detecting them (tests, or a scheduler's own allocation).
     cgroup_root
         Mount point of the cgroup file system; tests pass a folder of fake cgroup files.
     memory_total_bytes, memory_available_bytes
