@@ -101,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated symbols or PAIR_YEAR ids to run, e.g. EURUSD,GBPJPY_2020")
     vast.add_argument("--dry-run", action="store_true", help="print the resources and the plan, then stop")
 
-    options = parser.add_argument_group("options")
+    options = parser.add_argument_group("run options")
     options.add_argument("--force-rerun", action="store_true", help="rebuild every artifact, even when current")
     options.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, metavar="DIR",
                          help=f"results folder; each pair writes under DIR/PAIR_YEAR/ (default {DEFAULT_OUTPUT_DIR}/)")
     options.add_argument("--config", type=Path, metavar="FILE", help="TOML file overriding configuration defaults")
     options.add_argument("--log-level", default="WARNING", type=str.upper,
                          choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                         help="console log level (default WARNING); the run log file always has INFO")
+                         help="console log level (default WARNING); the run log file records INFO and above")
     return parser
 
 
