@@ -142,7 +142,8 @@ class SearchConfig:
     timeframe_min: int = 5
     # Each entry is (stop_loss_pips, take_profit_pips).
     sl_tp_sets: tuple[tuple[float, float], ...] = (
-        (10.0, 10.0), (10.0, 20.0), (15.0, 30.0), (20.0, 20.0), (20.0, 40.0), (30.0, 30.0),
+        (10.0, 10.0), (10.0, 20.0), (10.0, 30.0), (15.0, 15.0), (15.0, 30.0),
+        (20.0, 20.0), (20.0, 40.0), (30.0, 30.0), (30.0, 60.0),
     )
     # Trades still open after this many minutes exit at the first tick past it.
     horizon_minutes: float = 1440.0
