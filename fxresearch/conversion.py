@@ -5,10 +5,11 @@ USD value of one unit of that currency at each trade's exit, by the first rule t
 
 1. the quote is USD (EURUSD, XAUUSD): the rate is 1, source ``quote_usd``;
 2. USD is the base (USDJPY): the rate is ``1 / exit_price``, source ``base_usd``;
-3. a cross (EURGBP, GBPJPY, XAUEUR) with the quote currency's USD pair in the input folder
-   for the exit's year: the mid of that pair's last tick at or before the exit time, never a
-   later tick, and inverted for a USD-based pair (JPY takes ``1 / USDJPY``). Source
-   ``ticks:PAIR``. A last tick more than ``[account] max_rate_age_hours`` old is not used;
+3. a cross (EURGBP, GBPJPY, XAUEUR) whose quote currency's USD pair has a tick file for the
+   exit's year in the input folder: the mid of that pair's last tick at or before the exit
+   time, never a later tick. The mid is inverted for a USD-based pair, so JPY takes
+   ``1 / USDJPY``. Source ``ticks:PAIR``. A last tick more than
+   ``[account] max_rate_age_hours`` old is not used;
 4. a fixed rate from ``[account] fixed_rates``, keyed by currency code: source ``fixed``;
 5. otherwise NaN with source ``none``, and the P&L is reported in pips only.
 
@@ -125,10 +126,12 @@ def quote_to_usd_rate(instrument: Instrument, exit_time_ns: np.ndarray, exit_pri
     Returns
     -------
     tuple
-        ``rates`` (float64, NaN where unknown); ``source``, one of ``quote_usd``,
-        ``base_usd``, ``ticks:PAIR``, ``fixed`` and ``none``, or several joined by ``+``
-        when trades differ (sources in the order of the rules); ``flagged``, True when any
-        trade has a fixed rate or none, since those are not market rates at the exit.
+        - ``rates``: float64, NaN where unknown.
+        - ``source``: one of ``quote_usd``, ``base_usd``, ``ticks:PAIR``, ``fixed`` and
+          ``none``. When trades differ, the distinct sources are joined by ``+`` in the order
+          of the rules, for example ``ticks:USDJPY+fixed``.
+        - ``flagged``: True when any trade has a fixed rate or none, because those are not
+          market rates at the exit.
     """
     rates, sources = quote_rates_by_trade(instrument, exit_time_ns, exit_price, rate_sources)
     distinct = sorted(set(sources.tolist()), key=_source_rank)

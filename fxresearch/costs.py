@@ -71,7 +71,7 @@ def apply_spread_markup(bid: np.ndarray, ask: np.ndarray, markup_pips: float, pi
     Returns
     -------
     tuple of ndarray
-        New bid and ask arrays; the inputs are not changed.
+        New bid and ask arrays. The inputs are not changed.
 
     Raises
     ------
@@ -81,12 +81,12 @@ def apply_spread_markup(bid: np.ndarray, ask: np.ndarray, markup_pips: float, pi
     bid = np.asarray(bid, dtype=np.float64)
     ask = np.asarray(ask, dtype=np.float64)
     if not math.isfinite(markup_pips) or markup_pips < 0:
-        raise ValueError(f"Invalid spread markup {markup_pips} pips; set a finite value of 0 or more")
+        raise ValueError(f"Invalid spread markup {markup_pips} pips. Set a finite value of 0 or more")
     if point_size is None:
         point_size = pip_size / 10.0
     markup_points = int(round(markup_pips * pip_size / point_size))
     if not math.isclose(markup_points * point_size, markup_pips * pip_size, rel_tol=1e-9, abs_tol=1e-12):
-        logger.warning("Spread markup of %s pips is not a whole number of points of %s; rounded to %d points",
+        logger.warning("Spread markup of %s pips is not a whole number of points of %s, so it was rounded to %d points",
                        markup_pips, point_size, markup_points)
     if markup_points == 0:
         return bid.copy(), ask.copy()
@@ -99,7 +99,7 @@ def apply_spread_markup(bid: np.ndarray, ask: np.ndarray, markup_pips: float, pi
     if len(new_bid) and new_bid.min() <= 0:
         raise ValueError(
             f"A spread markup of {markup_pips} pips takes a bid to {new_bid.min()}, which is not a "
-            f"valid price; lower the markup"
+            f"valid price. Lower the markup"
         )
     return new_bid, new_ask
 
@@ -138,7 +138,7 @@ def apply_slippage(entry_price: np.ndarray, exit_price: np.ndarray, side: np.nda
         a trade exit.
     """
     if not math.isfinite(slippage_pips) or slippage_pips < 0:
-        raise ValueError(f"Invalid slippage {slippage_pips} pips; set a finite value of 0 or more")
+        raise ValueError(f"Invalid slippage {slippage_pips} pips. Set a finite value of 0 or more")
     side = _check_side(side)
     reason = _check_reason_codes(reason)
     slippage = slippage_pips * pip_size
@@ -180,12 +180,12 @@ def count_rollovers(entry_time_ns: np.ndarray, exit_time_ns: np.ndarray) -> tupl
     exit_time_ns = np.asarray(exit_time_ns, dtype=np.int64)
     if entry_time_ns.shape != exit_time_ns.shape:
         raise ValueError(f"entry_time_ns has shape {entry_time_ns.shape} but exit_time_ns has "
-                         f"{exit_time_ns.shape}; pass one element per trade in both")
+                         f"{exit_time_ns.shape}. Pass one element per trade in both")
     if len(entry_time_ns) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     early = np.flatnonzero(exit_time_ns < entry_time_ns)
     if len(early):
-        raise ValueError(f"{len(early)} trades exit before they enter, first at position {early[0]}; "
+        raise ValueError(f"{len(early)} trades exit before they enter, first at position {early[0]}. "
                          f"check the entry_time and exit_time columns")
 
     rollover_ns, is_wednesday = _rollover_instants(int(entry_time_ns.min()), int(exit_time_ns.max()))
@@ -267,12 +267,17 @@ def trade_costs_and_pnl(trades: pd.DataFrame, instrument: Instrument, costs: Cos
     Returns
     -------
     pandas.DataFrame
-        Same index as ``trades``, with columns ``entry_price_net`` and ``exit_price_net``
-        (after slippage), ``pips_gross`` (from the given prices), ``swap_pips``, ``pips_net``
-        (after slippage and swap, before commission), ``commission_usd`` (a positive cost),
-        ``usd_rate`` (USD per unit of the quote currency at the exit), ``usd_rate_source`` and
-        ``pnl_usd``. ``pnl_usd`` is the price P&L after slippage plus the swap, both converted
-        at ``usd_rate``, minus the commission, and it is NaN where no USD rate is known.
+        Same index as ``trades``, one column per name in ``RESULT_COLUMNS``:
+
+        - ``entry_price_net``, ``exit_price_net``: fill prices after slippage;
+        - ``pips_gross``: pips from the given prices;
+        - ``swap_pips``: the swap over the nights held, negative when paid;
+        - ``pips_net``: pips after slippage and swap, before commission;
+        - ``commission_usd``: the round trip's commission, a positive cost;
+        - ``usd_rate``, ``usd_rate_source``: USD per unit of the quote currency at the exit,
+          and where it came from (see ``fxresearch.conversion``);
+        - ``pnl_usd``: the price P&L after slippage plus the swap, both converted at
+          ``usd_rate``, minus the commission. It is NaN where no USD rate is known.
 
     Raises
     ------
@@ -282,7 +287,7 @@ def trade_costs_and_pnl(trades: pd.DataFrame, instrument: Instrument, costs: Cos
     """
     missing = [name for name in TRADE_COLUMNS if name not in trades.columns]
     if missing:
-        raise ValueError(f"Trades frame lacks columns {missing}; expected {list(TRADE_COLUMNS)} "
+        raise ValueError(f"Trades frame lacks columns {missing}. Expected {list(TRADE_COLUMNS)} "
                          f"as Trades.to_frame writes them")
     side = _check_side(trades["side"].to_numpy())
     reason = _reason_codes(trades["reason"])
@@ -336,18 +341,18 @@ def _check_side(side: np.ndarray) -> np.ndarray:
     side = np.asarray(side)
     bad = np.flatnonzero((side != 1) & (side != -1))
     if len(bad):
-        raise ValueError(f"Trade side {side[bad[0]]!r} at position {bad[0]} is invalid; use +1 for long, -1 for short")
+        raise ValueError(f"Trade side {side[bad[0]]!r} at position {bad[0]} is invalid. Use +1 for long, -1 for short")
     return side.astype(np.int64)
 
 
 def _check_reason_codes(reason: np.ndarray) -> np.ndarray:
     reason = np.asarray(reason)
     if not np.issubdtype(reason.dtype, np.integer):
-        raise ValueError(f"Reason codes must be integers, got dtype {reason.dtype}; convert names "
+        raise ValueError(f"Reason codes must be integers, got dtype {reason.dtype}. Convert names "
                          f"with fxresearch.fills.REASONS.index")
     bad = np.flatnonzero((reason < 0) | (reason >= len(_TRADE_REASONS)))
     if len(bad):
-        raise ValueError(f"Reason code {reason[bad[0]]} at position {bad[0]} is not a trade exit; "
+        raise ValueError(f"Reason code {reason[bad[0]]} at position {bad[0]} is not a trade exit. "
                          f"valid codes are 0 to {len(_TRADE_REASONS) - 1} ({', '.join(_TRADE_REASONS)})")
     return reason.astype(np.int64)
 
@@ -359,13 +364,13 @@ def _reason_codes(reason: pd.Series) -> np.ndarray:
     names = reason.astype(str).to_numpy()
     unknown = sorted(set(names) - set(_TRADE_REASONS))
     if unknown:
-        raise ValueError(f"Unknown exit reasons {unknown}; expected codes 0 to {len(_TRADE_REASONS) - 1} "
+        raise ValueError(f"Unknown exit reasons {unknown}. Expected codes 0 to {len(_TRADE_REASONS) - 1} "
                          f"or names {list(_TRADE_REASONS)}")
     return pd.Index(_TRADE_REASONS).get_indexer(names).astype(np.int64)
 
 
 def _time_ns(column: pd.Series) -> np.ndarray:
-    """Return a time column as int64 ns UTC; integers are taken as ns already."""
+    """Return a time column as int64 ns UTC, taking integers as ns already."""
     if pd.api.types.is_integer_dtype(column.dtype):
         return column.to_numpy(dtype=np.int64)
     return datetime_to_ns(column)
