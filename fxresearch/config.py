@@ -283,6 +283,18 @@ class ValidationConfig:
     min_trades: int = 30
     random_state: int = 7
 
+    def __post_init__(self) -> None:
+        if self.scheme not in ("anchored", "rolling"):
+            raise ConfigError(f"[validation] scheme = {self.scheme!r} is invalid; use \"anchored\" or \"rolling\"")
+        if not 0.0 <= self.lockbox_fraction < 1.0:
+            raise ConfigError(f"[validation] lockbox_fraction = {self.lockbox_fraction} must be in [0, 1)")
+        if self.pbo_partitions < 2 or self.pbo_partitions % 2:
+            raise ConfigError(f"[validation] pbo_partitions = {self.pbo_partitions} must be an even number of 2 or more")
+        for name in ("n_folds", "min_train_days", "min_test_days", "min_days", "max_exact_cluster",
+                     "max_pbo_combinations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[validation] {name} = {getattr(self, name)} must be 1 or more")
+
 
 @dataclass(frozen=True)
 class Config:
