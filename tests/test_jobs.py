@@ -1,0 +1,204 @@
+"""The two per-pair jobs: manifest reuse and invalidation, the split, and shared fill rules."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fxresearch import artifacts
+from fxresearch.base import compute_split_ns, generate_base
+from fxresearch.config import Config, FeaturesConfig, LabelsConfig, SampleConfig, SearchConfig
+from fxresearch.sample import write_sample_set
+from fxresearch.search import search_light
+
+REAL_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "parquet"
+
+# Small search: two families and two SL/TP sets keep each run to a second or two.
+SMALL_SEARCH = SearchConfig(families=("ma_cross", "donchian_breakout"), sl_tp_sets=((10.0, 10.0), (20.0, 40.0)))
+
+
+@pytest.fixture(scope="module")
+def sample_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sample")
+    paths = write_sample_set(folder, SampleConfig(weeks=2, pairs=("EURUSD",), ticks_per_hour=600))
+    return paths[0]
+
+
+def stage_build_ids(output_dir: Path, pair_year: str) -> dict[str, str]:
+    manifest = json.loads((output_dir / pair_year / "manifest.json").read_text())
+    return {name: entry["build_id"] for name, entry in manifest["artifacts"].items()}
+
+
+def test_rerun_reuses_every_stage(sample_file, tmp_path):
+    config = replace(Config(), search=SMALL_SEARCH)
+    first = generate_base(sample_file, tmp_path, config)
+    assert first["reused"] == []
+    assert len(first["built"]) == 7
+
+    second = generate_base(sample_file, tmp_path, config)
+    assert second["built"] == []
+    assert len(second["reused"]) == 7
+
+
+def test_config_change_rebuilds_stage_and_dependants(sample_file, tmp_path):
+    config = replace(Config(), search=SMALL_SEARCH)
+    generate_base(sample_file, tmp_path, config)
+    before = stage_build_ids(tmp_path, "EURUSD_2025")
+
+    # A label setting changes the labels and what reads them (patterns), nothing else.
+    changed = replace(config, labels=replace(config.labels, grid=((15.0, 15.0, 60.0),)))
+    summary = generate_base(sample_file, tmp_path, changed)
+    assert summary["built"] == ["labels", "patterns"]
+    after = stage_build_ids(tmp_path, "EURUSD_2025")
+    assert after["labels"] != before["labels"]
+    assert after["patterns"] != before["patterns"]
+    assert after["features"] == before["features"]
+    assert after["regimes"] == before["regimes"]
+
+    # A feature setting rebuilds features, then patterns and regimes that read them.
+    changed = replace(changed, features=replace(changed.features, rsi_window=10))
+    summary = generate_base(sample_file, tmp_path, changed)
+    assert summary["built"] == ["features", "patterns", "regimes"]
+
+
+def test_changed_input_file_rebuilds_everything(sample_file, tmp_path):
+    config = replace(Config(), search=SMALL_SEARCH)
+    copy = tmp_path / "in" / sample_file.name
+    copy.parent.mkdir()
+    shutil.copy(sample_file, copy)
+    generate_base(copy, tmp_path / "out", config)
+
+    # Same name, other content: the fingerprint differs, so no stage is reused.
+    table = pd.read_parquet(copy).iloc[:-1000]
+    table.to_parquet(copy)
+    summary = generate_base(copy, tmp_path / "out", config)
+    assert summary["reused"] == []
+
+
+def test_force_rerun_rebuilds_and_deleted_file_is_rebuilt(sample_file, tmp_path):
+    config = replace(Config(), search=SMALL_SEARCH)
+    generate_base(sample_file, tmp_path, config)
+    assert len(generate_base(sample_file, tmp_path, config, force_rerun=True)["built"]) == 7
+
+    (tmp_path / "EURUSD_2025" / "EURUSD_2025_regimes.parquet").unlink()
+    assert generate_base(sample_file, tmp_path, config)["built"] == ["regimes"]
+
+
+def test_search_builds_base_first_then_reuses(sample_file, tmp_path):
+    config = replace(Config(), search=SMALL_SEARCH)
+    first = search_light(sample_file, tmp_path, config)
+    assert first["message"].startswith("built base first")
+
+    second = search_light(sample_file, tmp_path, config)
+    assert second["message"].startswith("results reused")
+
+    forced = search_light(sample_file, tmp_path, config, force_rerun=True)
+    assert "strategies" in forced["message"] and "reused" not in forced["message"]
+
+    # A changed search setting makes the result stale.
+    changed = replace(config, search=replace(SMALL_SEARCH, sl_tp_sets=((15.0, 15.0),)))
+    assert "reused" not in search_light(sample_file, tmp_path, changed)["message"]
+
+
+def test_search_serial_equals_parallel(sample_file, tmp_path):
+    config = replace(Config(), search=SMALL_SEARCH)
+    search_light(sample_file, tmp_path / "one", config, workers=1)
+    search_light(sample_file, tmp_path / "two", config, workers=2)
+    name = "EURUSD_2025/EURUSD_2025_backtest_results.parquet"
+    serial = pd.read_parquet(tmp_path / "one" / name)
+    parallel = pd.read_parquet(tmp_path / "two" / name)
+    assert len(serial) > 0
+    pd.testing.assert_frame_equal(serial, parallel)
+
+    trades = "EURUSD_2025/EURUSD_2025_top_trades.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / trades),
+                                  pd.read_parquet(tmp_path / "two" / trades))
+
+
+def test_label_equals_one_trade_backtest(sample_file, tmp_path):
+    """A label and a backtest of a strategy with one signal on the same bar give the same trade."""
+    from fxresearch.backtest import run_backtests
+    from fxresearch.fills import prepare_tick_arrays
+    from fxresearch.instruments import get_instrument
+    from fxresearch.strategies import Strategy
+    from fxresearch.ticks import load_ticks
+
+    config = Config()
+    generate_base(sample_file, tmp_path, replace(config, search=SMALL_SEARCH))
+    ticks = load_ticks(sample_file, config)
+    instrument = get_instrument("EURUSD")
+    bars = artifacts.read_frame(tmp_path / "EURUSD_2025" / "bars" / "M5.parquet")
+    labels = artifacts.read_frame(tmp_path / "EURUSD_2025" / "labels" / "M5.parquet")
+    arrays = prepare_tick_arrays(ticks.timestamp_ns, ticks.bid, ticks.ask, instrument, config.fills.max_gap_minutes)
+
+    rng = np.random.default_rng(3)
+    decided = labels[labels["outcome"] != "censored"]
+    checked = 0
+    for row in decided.iloc[rng.choice(len(decided), size=40, replace=False)].itertuples():
+        bar = int(np.searchsorted(bars["timestamp"].to_numpy(), row.timestamp))
+        signals = np.zeros(len(bars), dtype=np.int8)
+        signals[bar] = row.side
+        strategy = Strategy("one_trade", {"bar": bar}, row.stop_loss_pips, row.take_profit_pips)
+        trades = run_backtests(arrays, bars, 5, [strategy], {strategy.signal_key: signals}, instrument,
+                               row.horizon_minutes)
+        assert len(trades) == 1
+        assert trades.entry_time_ns[0] == row.entry_time
+        assert trades.entry_price[0] == pytest.approx(row.entry_price, abs=1e-12)
+        assert trades.exit_time_ns[0] == row.exit_time
+        assert trades.exit_price[0] == pytest.approx(row.exit_price, abs=1e-12)
+        assert trades.pips[0] == pytest.approx(row.pips, abs=1e-9)
+        checked += 1
+    assert checked == 40
+
+
+def test_split_after_seventy_percent_of_trading_days():
+    # Two weeks of hourly ticks from Sunday 2025-01-05 22:00 UTC (17:00 New York), weekends removed.
+    start = pd.Timestamp("2025-01-05 22:00", tz="UTC")
+    times = pd.date_range(start, periods=24 * 14, freq="h")
+    weekday = times.dayofweek < 4
+    friday_open = (times.dayofweek == 4) & (times.hour < 22)
+    sunday_open = (times.dayofweek == 6) & (times.hour >= 22)
+    times = times[weekday | friday_open | sunday_open]
+    timestamp_ns = times.as_unit("ns").asi8
+    split_ns, details = compute_split_ns(timestamp_ns, 0.7)
+    days = details["trading_days"]
+    assert days == 10
+    assert details["train_days"] == 7
+    assert details["train_days"] + details["holdout_days"] == days
+    # The split is the first tick of a trading day, which starts at 17:00 New York (22:00 UTC in winter).
+    assert pd.Timestamp(split_ns, tz="UTC").hour == 22
+
+
+def test_split_of_single_day_file_is_in_time():
+    timestamp_ns = pd.date_range("2013-01-01 22:00", periods=35, freq="min", tz="UTC").as_unit("ns").asi8
+    split_ns, details = compute_split_ns(timestamp_ns, 0.7)
+    assert details["trading_days"] == 1
+    assert split_ns == timestamp_ns[0] + int((timestamp_ns[-1] - timestamp_ns[0]) * 0.7)
+
+
+def test_real_short_file_writes_empty_tables_with_reasons(tmp_path):
+    path = REAL_PARQUET / "USDJPY_2013.parquet"
+    if not path.is_file():
+        pytest.skip(f"real tick file not found at {path} (the shared data folder is not beside the repo)")
+    config = Config()
+    generate_base(path, tmp_path, config)
+    manifest = json.loads((tmp_path / "USDJPY_2013" / "manifest.json").read_text())["artifacts"]
+
+    # 35 minutes of ticks: bars exist, the later stages write empty tables and say why.
+    assert manifest["bars"]["bar_counts"]["M1"] == 34
+    assert "M5" in manifest["features"]["insufficient_data"]
+    assert manifest["regimes"]["insufficient_data"]
+    labels = artifacts.read_frame(tmp_path / "USDJPY_2013" / "labels" / "M5.parquet")
+    assert len(labels) == 0
+    assert "outcome" in labels.columns
+    regimes = pd.read_parquet(tmp_path / "USDJPY_2013" / "USDJPY_2013_regimes.parquet")
+    assert len(regimes) == 0
+    assert list(regimes.columns) == ["timestamp", "regime_id", "regime_name"]
+    # Every output records the pip size it used: 0.01 for a JPY-quoted pair.
+    assert artifacts.read_metadata(tmp_path / "USDJPY_2013" / "bars" / "M1.parquet")["pip_size"] == "0.01"
