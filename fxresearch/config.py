@@ -160,11 +160,11 @@ class SampleConfig:
     """Built-in synthetic sample set."""
 
     seed: int = 20250101
-    weeks: int = 3
+    weeks: int = 8
     year: int = 2025
     pairs: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "AUDUSD")
     # Mean ticks per hour in the busiest session.
-    ticks_per_hour: int = 3000
+    ticks_per_hour: int = 1500
     no_edge: bool = False
 
 
