@@ -8,6 +8,7 @@ top strategies in ``PAIR_YEAR_top_trades.parquet``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ RESULTS_DEPENDS = ("bars", "features", "labels", "patterns", "regimes", "split")
 
 
 def _results_spec(config: Config) -> str:
-    return section_hash(config.search, config.fills)
+    return section_hash(config.search, config.fills, config.costs, config.account)
 
 
 def search_light(parquet_path: str | Path, output_dir: str | Path, config: Config,
@@ -84,6 +85,8 @@ RESULT_ID_COLUMNS = {
 
 def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     from fxresearch.backtest import run_backtests
+    from fxresearch.conversion import RateSources
+    from fxresearch.costs import apply_spread_markup, spread_markup_for, trade_costs_and_pnl
     from fxresearch.fills import prepare_tick_arrays
     from fxresearch.metrics import strategy_metrics
     from fxresearch.strategies import SignalContext, compute_signals, generate_strategies
@@ -125,11 +128,22 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     logger.info("%s: %d strategies from %d signal sets on %d bars of %d minutes",
                 ctx.pair_year, len(strategies), len(signals), len(bars), timeframe_min)
 
-    arrays = prepare_tick_arrays(ticks.timestamp_ns, ticks.bid, ticks.ask, ctx.instrument,
-                                 config.fills.max_gap_minutes)
+    # A vendor spread tighter than a retail account's is widened before any fill is decided.
+    bid, ask = ticks.bid, ticks.ask
+    markup_pips = spread_markup_for(ctx.instrument.symbol, config.costs)
+    if markup_pips > 0:
+        bid, ask = apply_spread_markup(bid, ask, markup_pips, ctx.instrument.pip_size, ctx.instrument.point_size)
+    arrays = prepare_tick_arrays(ticks.timestamp_ns, bid, ask, ctx.instrument, config.fills.max_gap_minutes)
     trades = run_backtests(arrays, bars, timeframe_min, strategies, signals, ctx.instrument,
                            search.horizon_minutes, workers=workers)
-    metrics = strategy_metrics(trades, len(strategies), split_ns, ticks.timestamp_ns)
+
+    # Slippage and swap come off the pips every metric is computed from; commission is in USD.
+    trade_frame = trades.to_frame()
+    costs = trade_costs_and_pnl(trade_frame, ctx.instrument, config.costs, config.account,
+                                RateSources.from_folder(ctx.parquet_path.parent, config))
+    net_trades = dataclasses.replace(trades, pips=costs["pips_net"].to_numpy(np.float64))
+    metrics = strategy_metrics(net_trades, len(strategies), split_ns, ticks.timestamp_ns)
+    usd = _usd_totals(trades, costs, len(strategies), split_ns)
 
     results = pd.DataFrame({
         "strategy_id": [s.strategy_id for s in strategies],
@@ -139,15 +153,17 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
         "take_profit_pips": [s.take_profit_pips for s in strategies],
         "timeframe_min": np.full(len(strategies), timeframe_min, dtype=np.int64),
     })
-    results = pd.concat([results, metrics.drop(columns=["strategy_index"]).reset_index(drop=True)], axis=1)
+    results = pd.concat([results, metrics.drop(columns=["strategy_index"]).reset_index(drop=True), usd], axis=1)
     results["pip_size"] = ctx.instrument.pip_size
+    results["usd_rate_source"] = _pair_rate_source(costs)
     artifacts.write_frame(results_path, results, metadata)
 
     # The trades of the top strategies by in-sample total pips (out-of-sample figures are
     # shown beside them, never used to choose).
     ranked = results["total_pips_is"].fillna(-np.inf).to_numpy()
     top = np.argsort(-ranked, kind="stable")[: search.top_n_trades]
-    top_trades = trades.select(np.isin(trades.strategy_index, top)).to_frame()
+    in_top = np.isin(trades.strategy_index, top)
+    top_trades = pd.concat([trade_frame[in_top].reset_index(drop=True), costs[in_top].reset_index(drop=True)], axis=1)
     top_trades.insert(0, "strategy_id", results["strategy_id"].to_numpy()[top_trades["strategy_index"].to_numpy()])
     top_trades["in_sample"] = top_trades["entry_time"].to_numpy() < split_ns
     artifacts.write_frame(trades_path, top_trades, metadata)
@@ -155,6 +171,26 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     return {"files": [results_path.name, trades_path.name], "n_strategies": len(strategies),
             "n_trades": int(len(trades)), "seconds": seconds, "insufficient_data": None}
+
+
+def _usd_totals(trades, costs: pd.DataFrame, n_strategies: int, split_ns: int) -> pd.DataFrame:
+    """Return net USD P&L per strategy and period; NaN where any trade has no USD rate."""
+    columns = {}
+    in_sample = trades.entry_time_ns < split_ns
+    pnl = costs["pnl_usd"].to_numpy(np.float64)
+    for suffix, mask in (("is", in_sample), ("oos", ~in_sample)):
+        index = trades.strategy_index[mask]
+        total = np.bincount(index, weights=np.nan_to_num(pnl[mask]), minlength=n_strategies)
+        missing = np.bincount(index, weights=np.isnan(pnl[mask]).astype(np.float64), minlength=n_strategies)
+        total[missing > 0] = np.nan
+        columns[f"pnl_usd_{suffix}"] = total
+    return pd.DataFrame(columns)
+
+
+def _pair_rate_source(costs: pd.DataFrame) -> str:
+    """Return where the pair's USD rates came from, e.g. ``quote_usd`` or ``ticks:USDJPY+fixed``."""
+    sources = sorted(set(costs["usd_rate_source"].astype(str))) if len(costs) else []
+    return "+".join(sources) if sources else ""
 
 
 def strategy_metrics_columns() -> list[str]:
