@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -153,6 +154,33 @@ class SearchConfig:
     )
     top_n_trades: int = 20
     min_bars: int = 100
+    # Skip a signal whose entry tick's spread is above this many pips; 0 means no limit.
+    max_entry_spread_pips: float = 0.0
+    # Skip a signal whose entry tick comes more than this many minutes after the bar close
+    # (a Friday signal would otherwise fill at the Sunday open); 0 means no limit.
+    max_entry_delay_minutes: float = 30.0
+    # Skip entries whose tick falls in [start, end) New York time, "HH:MM"; start > end wraps midnight.
+    no_entry_windows: tuple[tuple[str, str], ...] = (("16:55", "17:10"),)
+    # Folder of user template files (see docs/user_templates.md); "" loads none.
+    user_templates_dir: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("max_entry_spread_pips", "max_entry_delay_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"[search] {name} = {getattr(self, name)} must be 0 (no limit) or positive")
+        for window in self.no_entry_windows:
+            _check_time_window(window, "[search] no_entry_windows")
+
+
+def _check_time_window(window: Any, key: str) -> None:
+    """Raise ConfigError unless ``window`` is two distinct "HH:MM" times of day."""
+    if not (isinstance(window, tuple) and len(window) == 2):
+        raise ConfigError(f"{key} entry {window!r} must be a pair of times such as [\"16:55\", \"17:10\"]")
+    for text in window:
+        if not (isinstance(text, str) and re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", text)):
+            raise ConfigError(f"{key} entry {window!r} has time {text!r}; write it as HH:MM from 00:00 to 23:59")
+    if window[0] == window[1]:
+        raise ConfigError(f"{key} entry {window!r} is empty: start and end are equal")
 
 
 @dataclass(frozen=True)
