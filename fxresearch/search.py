@@ -144,6 +144,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     net_trades = dataclasses.replace(trades, pips=costs["pips_net"].to_numpy(np.float64))
     metrics = strategy_metrics(net_trades, len(strategies), split_ns, ticks.timestamp_ns)
     usd = _usd_totals(trades, costs, len(strategies), split_ns)
+    daily, report = _validate(ctx, trades, costs, bid, ask, metrics, len(strategies))
 
     results = pd.DataFrame({
         "strategy_id": [s.strategy_id for s in strategies],
@@ -153,24 +154,117 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
         "take_profit_pips": [s.take_profit_pips for s in strategies],
         "timeframe_min": np.full(len(strategies), timeframe_min, dtype=np.int64),
     })
-    results = pd.concat([results, metrics.drop(columns=["strategy_index"]).reset_index(drop=True), usd], axis=1)
+    metrics = metrics.drop(columns=["strategy_index"]).reset_index(drop=True)
+    # Sharpe from marked-to-market daily P&L replaces the trade-based figure (see _validate).
+    for column in daily.columns:
+        metrics[column] = daily[column].to_numpy()
+    results = pd.concat([results, metrics, usd], axis=1)
     results["pip_size"] = ctx.instrument.pip_size
     results["usd_rate_source"] = _pair_rate_source(costs)
     artifacts.write_frame(results_path, results, metadata)
 
-    # The trades of the top strategies by in-sample total pips (out-of-sample figures are
-    # shown beside them, never used to choose).
-    ranked = results["total_pips_is"].fillna(-np.inf).to_numpy()
-    top = np.argsort(-ranked, kind="stable")[: search.top_n_trades]
+    # The trades of the top strategies by score, then in-sample Sharpe; out-of-sample figures
+    # are shown beside them, never used to choose.
+    order = results.sort_values(["score", "sharpe_is"], ascending=False, na_position="last", kind="stable")
+    top = order.index.to_numpy()[: search.top_n_trades]
     in_top = np.isin(trades.strategy_index, top)
     top_trades = pd.concat([trade_frame[in_top].reset_index(drop=True), costs[in_top].reset_index(drop=True)], axis=1)
     top_trades.insert(0, "strategy_id", results["strategy_id"].to_numpy()[top_trades["strategy_index"].to_numpy()])
     top_trades["in_sample"] = top_trades["entry_time"].to_numpy() < split_ns
     artifacts.write_frame(trades_path, top_trades, metadata)
 
+    report_path = ctx.out_dir / f"{ctx.pair_year}_search_report.json"
+    report.update({"pair_year": ctx.pair_year, "synthetic": ctx.is_synthetic, "n_strategies": len(strategies),
+                   "n_trades": int(len(trades)), "split_ns": split_ns, "timeframe_min": timeframe_min,
+                   "pip_size": ctx.instrument.pip_size, "usd_rate_source": _pair_rate_source(costs)})
+    artifacts.write_json_atomic(report_path, report)
+
     seconds = time.perf_counter() - started
-    return {"files": [results_path.name, trades_path.name], "n_strategies": len(strategies),
-            "n_trades": int(len(trades)), "seconds": seconds, "insufficient_data": None}
+    return {"files": [results_path.name, trades_path.name, report_path.name], "n_strategies": len(strategies),
+            "n_trades": int(len(trades)), "seconds": seconds, "insufficient_data": None,
+            "pbo": report["pbo"]["value"], "effective_trials": report["effective_trials"]}
+
+
+def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, ask: np.ndarray,
+              metrics: pd.DataFrame, n_strategies: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Compute daily ratios, the ranking score, walk-forward folds and PBO for one pair.
+
+    Daily P&L in pips is marked to market at each trading day's last tick (longs at the bid,
+    shorts at the ask) from fills after slippage, so open positions count on the day they
+    move; swap and commission are left out of the daily series. The pair's holdout (from its
+    split on) is the lockbox: the score, the walk-forward folds and PBO use in-sample days
+    only, and the holdout appears only in the ``_oos`` columns.
+    """
+    from fxresearch.daily import calmar, daily_pnl_matrix, day_end_marks, sharpe_daily, sortino_daily
+    from fxresearch.timeutil import trading_day_ns
+    from fxresearch.validation import (
+        effective_number_of_trials, horizon_days, probability_of_backtest_overfitting, score_column,
+        walk_forward_folds, walk_forward_select,
+    )
+
+    validation = ctx.config.validation
+    ticks = ctx.ticks
+    day_numbers, close_ns, close_bid, close_ask = day_end_marks(ticks.timestamp_ns, bid, ask)
+    matrix = daily_pnl_matrix(
+        trades.strategy_index, trades.entry_time_ns, trades.exit_time_ns,
+        costs["entry_price_net"].to_numpy(np.float64), costs["exit_price_net"].to_numpy(np.float64),
+        trades.side, ctx.instrument.pip_size, close_ns, (close_bid + close_ask) / 2.0,
+        day_close_bid=close_bid, day_close_ask=close_ask, n_strategies=n_strategies,
+    )
+    split_day = int(trading_day_ns(np.array([ctx.split_ns()], dtype=np.int64))[0])
+    in_sample = day_numbers < split_day
+    daily_is, daily_oos = matrix[:, in_sample], matrix[:, ~in_sample]
+
+    columns: dict[str, np.ndarray] = {}
+    for suffix, rows in (("is", daily_is), ("oos", daily_oos)):
+        columns[f"sharpe_{suffix}"] = np.asarray(sharpe_daily(rows, validation.min_days), dtype=np.float64)
+        columns[f"sortino_{suffix}"] = np.asarray(sortino_daily(rows, validation.min_days), dtype=np.float64)
+        columns[f"calmar_{suffix}"] = np.asarray(calmar(rows, validation.min_days), dtype=np.float64)
+        columns[f"n_days_{suffix}"] = np.full(n_strategies, rows.shape[1], dtype=np.int64)
+
+    # The score ranks on in-sample figures only; every variant tried counts as a trial
+    # before correlated variants are clustered.
+    trials = effective_number_of_trials(daily_is, validation.cluster_threshold,
+                                        max_exact=validation.max_exact_cluster,
+                                        random_state=validation.random_state)
+    columns["score"] = score_column(daily_is, metrics["n_trades_is"].to_numpy(), metrics["n_trades_oos"].to_numpy(),
+                                    trials=trials, min_trades=validation.min_trades, min_days=validation.min_days)
+    columns["trial_cluster"] = np.asarray(trials.labels, dtype=np.int64)
+
+    report: dict[str, Any] = {
+        "in_sample_days": int(in_sample.sum()),
+        "holdout_days": int((~in_sample).sum()),
+        "lockbox": "the holdout after the split; no selection, score or fold sees it",
+        "trials_tried": n_strategies,
+        "effective_trials": int(trials.n_effective),
+        "flat_strategies": int(trials.n_flat),
+    }
+
+    purge_days = horizon_days(ctx.config.search.horizon_minutes)
+    plan = walk_forward_folds(day_numbers[in_sample], validation.n_folds, purge_days, validation.embargo_days,
+                              0.0, scheme=validation.scheme, min_train_days=validation.min_train_days,
+                              min_test_days=validation.min_test_days)
+    folds_report: dict[str, Any] = {"requested": validation.n_folds, "made": len(plan), "reason": plan.reason,
+                                    "scheme": plan.scheme, "purge_days": purge_days,
+                                    "embargo_days": validation.embargo_days, "folds": []}
+    if len(plan):
+        table, series = walk_forward_select(daily_is, plan, min_days=validation.min_days)
+        folds_report["folds"] = table.to_dict(orient="records")
+        folds_report["oos_total_pips"] = float(series.sum())
+    report["walk_forward"] = folds_report
+
+    pbo: dict[str, Any] = {"value": None, "reason": ""}
+    if daily_is.shape[1] >= 2 * validation.pbo_partitions and n_strategies >= 2:
+        result = probability_of_backtest_overfitting(daily_is, validation.pbo_partitions,
+                                                     max_combinations=validation.max_pbo_combinations,
+                                                     random_state=validation.random_state)
+        pbo.update({"value": result.pbo, "n_combinations": result.n_combinations,
+                    "logit_median": result.logit_median, "prob_oos_loss": result.prob_oos_loss})
+    else:
+        pbo["reason"] = (f"{daily_is.shape[1]} in-sample days; PBO needs at least "
+                         f"{2 * validation.pbo_partitions} ({validation.pbo_partitions} blocks of 2 days)")
+    report["pbo"] = pbo
+    return pd.DataFrame(columns), report
 
 
 def _usd_totals(trades, costs: pd.DataFrame, n_strategies: int, split_ns: int) -> pd.DataFrame:
