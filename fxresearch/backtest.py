@@ -3,12 +3,19 @@
 Trading rules, for each strategy on its own:
 
 - A signal on bar t (+1 long, -1 short) acts at the entry tick: the first tick at or after
-  the bar's close, ``open + timeframe``. A bar whose close has no tick after it gives no
-  trade. A long enters at the ask, a short at the bid. NOTE: a signal bar that closes just
-  before the weekend close or a data hole enters at the first tick after it, however late.
+  the bar's close, ``open + timeframe``. A long enters at the ask, a short at the bid.
+- Entry filters (``EntryFilter``, from ``SearchConfig``) skip a signal, never delay it. A
+  skipped signal counts as absent: it neither opens a trade nor closes one by reversal. A
+  signal is skipped, for the first reason that applies, when its bar's close has no tick
+  after it (``no_tick``), when its entry tick comes more than ``max_delay_minutes`` after
+  the close (``late``, so a Friday signal does not fill at the Sunday open), when the entry
+  tick's New York time of day falls in a no-entry window (``no_entry_window``), or when the
+  entry tick's spread is above ``max_spread_pips`` (``wide_spread``).
 - One position at a time. A signal in the direction of the open trade is ignored, and so is
   any signal whose entry tick comes before the open trade's exit tick. A signal whose entry
-  tick is the exit tick itself opens the next trade there.
+  tick is the exit tick itself opens the next trade there. When several signals share one
+  entry tick, an opposite one among them reverses the open trade before a data hole or the
+  end of the data can close it there.
 - Stop and reverse: an opposite signal closes the open trade at its own entry tick, at the
   trigger-side price (the bid for a long, the ask for a short), with reason ``signal``. The
   opposite trade opens at that same tick. A stop-loss, take-profit or horizon reached on
@@ -27,24 +34,104 @@ state, so the trades are identical for any thread count.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numba
 import numpy as np
 import pandas as pd
 
 from fxresearch._backtest_kernels import run_strategies_nb
-from fxresearch.bars import entry_tick_index
+from fxresearch.bars import bar_close_ns, entry_tick_index
+from fxresearch.config import SearchConfig
 from fxresearch.fills import REASONS, TickArrays, horizon_to_ns, pips_to_points, points_to_pips, points_to_price
 from fxresearch.instruments import Instrument
 from fxresearch.strategies import Strategy
+from fxresearch.timeutil import NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, to_local
 
 logger = logging.getLogger(__name__)
 
 # Signal entries per kernel call. The kernel's output arrays take 42 bytes per entry.
 MAX_SIGNALS_PER_CALL = 2_000_000
+
+# Reasons an entry filter skips a signal, in the order they are checked. A skip code k > 0
+# from ``entry_checks`` is SKIP_REASONS[k - 1], and 0 allows the entry.
+SKIP_REASONS: tuple[str, ...] = ("no_tick", "late", "no_entry_window", "wide_spread")
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Rules that skip a signal at its entry tick. A limit of 0 and an empty window list turn a rule off.
+
+    ``max_spread_pips`` caps the entry tick's spread, ``max_delay_minutes`` the time from the
+    bar close to the entry tick, and ``no_entry_windows`` lists ("HH:MM", "HH:MM") spans of
+    New York time, start included and end excluded, where no trade may enter. A window whose
+    start is after its end wraps midnight.
+    """
+
+    max_spread_pips: float = 0.0
+    max_delay_minutes: float = 0.0
+    no_entry_windows: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("max_spread_pips", "max_delay_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"EntryFilter {name} = {getattr(self, name)!r} must be 0 (no limit) or positive")
+        for window in self.no_entry_windows:
+            self._window_ns(window)
+
+    @classmethod
+    def from_search(cls, search: SearchConfig) -> EntryFilter:
+        """Return the filter set by ``search.max_entry_spread_pips``, ``max_entry_delay_minutes`` and ``no_entry_windows``."""
+        return cls(search.max_entry_spread_pips, search.max_entry_delay_minutes, tuple(search.no_entry_windows))
+
+    @staticmethod
+    def _window_ns(window: tuple[str, str]) -> tuple[int, int]:
+        """Return a window's start and end as nanoseconds after New York midnight."""
+        bounds = []
+        for text in window:
+            if not (isinstance(text, str) and re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", text)):
+                raise ValueError(f"No-entry window {window!r} has time {text!r}; write it as HH:MM from 00:00 to 23:59")
+            bounds.append((int(text[:2]) * 60 + int(text[3:])) * NS_PER_MINUTE)
+        if len(bounds) != 2 or bounds[0] == bounds[1]:
+            raise ValueError(f"No-entry window {window!r} must be two different HH:MM times")
+        return bounds[0], bounds[1]
+
+    def in_windows(self, timestamp_ns: np.ndarray) -> np.ndarray:
+        """Return True where a UTC time falls in a no-entry window, read in New York time."""
+        timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64)
+        inside = np.zeros(len(timestamp_ns), dtype=bool)
+        if not self.no_entry_windows or not len(timestamp_ns):
+            return inside
+        local_ns = to_local(timestamp_ns, NEW_YORK).tz_localize(None).as_unit("ns").asi8
+        time_of_day_ns = np.mod(local_ns, NS_PER_DAY)
+        for window in self.no_entry_windows:
+            start_ns, end_ns = self._window_ns(window)
+            if start_ns < end_ns:
+                inside |= (time_of_day_ns >= start_ns) & (time_of_day_ns < end_ns)
+            else:
+                inside |= (time_of_day_ns >= start_ns) | (time_of_day_ns < end_ns)
+        return inside
+
+
+@dataclass(frozen=True)
+class EntrySkips:
+    """Signals skipped by the entry filters: one int64 count per strategy for each of ``SKIP_REASONS``.
+
+    A count is of signal bars removed before the trades are walked, so it includes skipped
+    signals that would have been ignored anyway, such as a repeat of the open trade's side.
+    """
+
+    no_tick: np.ndarray
+    late: np.ndarray
+    no_entry_window: np.ndarray
+    wide_spread: np.ndarray
+
+    def totals(self) -> dict[str, int]:
+        """Return the skipped signals summed over strategies, keyed by reason."""
+        return {reason: int(getattr(self, reason).sum()) for reason in SKIP_REASONS}
 
 
 @dataclass(frozen=True)
@@ -53,6 +140,8 @@ class Trades:
 
     Sorted by strategy index, then by entry tick. Times are int64 nanoseconds UTC, prices
     float64 in quote currency, ``reason`` an index into ``fxresearch.fills.REASONS``.
+    ``entry_skips`` is not a column: ``run_backtests`` sets it to the signals its entry
+    filters skipped, and ``select`` keeps it unchanged.
     """
 
     strategy_index: np.ndarray
@@ -66,6 +155,7 @@ class Trades:
     exit_price: np.ndarray
     reason: np.ndarray
     pips: np.ndarray
+    entry_skips: EntrySkips | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.strategy_index)
@@ -76,13 +166,56 @@ class Trades:
         ``entry_time`` and ``exit_time`` are int64 ns UTC (from ``entry_time_ns`` and
         ``exit_time_ns``), and ``reason`` becomes its name (``stop_loss``, ``signal``, ...).
         """
-        frame = pd.DataFrame({item.name.removesuffix("_ns"): getattr(self, item.name) for item in fields(self)})
+        frame = pd.DataFrame({name.removesuffix("_ns"): getattr(self, name) for name in TRADE_COLUMNS})
         frame["reason"] = np.asarray(REASONS, dtype=object)[self.reason.astype(np.int64)]
         return frame
 
     def select(self, mask: np.ndarray) -> Trades:
         """Return the trades where ``mask`` is True (a boolean array or index array)."""
-        return Trades(**{item.name: getattr(self, item.name)[mask] for item in fields(self)})
+        columns = {name: getattr(self, name)[mask] for name in TRADE_COLUMNS}
+        return Trades(**columns, entry_skips=self.entry_skips)
+
+
+# The per-trade array fields of Trades, in order.
+TRADE_COLUMNS: tuple[str, ...] = tuple(item.name for item in fields(Trades) if item.name != "entry_skips")
+
+
+def entry_checks(tick_arrays: TickArrays, bars: pd.DataFrame, timeframe_min: int,
+                 entry_filter: EntryFilter) -> tuple[np.ndarray, np.ndarray]:
+    """Find each bar's entry tick and whether the entry filters let a signal on it trade.
+
+    Returns
+    -------
+    (entry_idx, skip_code)
+        int64 entry tick per bar (``len(ticks)`` when no tick follows the close) and an int8
+        code per bar: 0 allows the entry, k > 0 skips it for ``SKIP_REASONS[k - 1]``, the
+        first reason in that order that applies.
+    """
+    timestamp_ns = tick_arrays.timestamp_ns
+    n_ticks = len(timestamp_ns)
+    entry_idx = entry_tick_index(timestamp_ns, bars, timeframe_min)
+    has_tick = entry_idx < n_ticks
+    safe_idx = np.minimum(entry_idx, n_ticks - 1)
+    entry_ns = timestamp_ns[safe_idx]
+
+    late = np.zeros(len(entry_idx), dtype=bool)
+    if entry_filter.max_delay_minutes > 0:
+        max_delay_ns = int(round(entry_filter.max_delay_minutes * NS_PER_MINUTE))
+        late = entry_ns - bar_close_ns(bars, timeframe_min) > max_delay_ns
+    in_window = entry_filter.in_windows(entry_ns)
+    wide = np.zeros(len(entry_idx), dtype=bool)
+    if entry_filter.max_spread_pips > 0:
+        # Compared in points; the rounding drops float noise such as 0.3 * 10 = 3.0000000000000004.
+        max_spread_pts = round(entry_filter.max_spread_pips * tick_arrays.instrument.points_per_pip, 6)
+        wide = tick_arrays.ask_pts[safe_idx] - tick_arrays.bid_pts[safe_idx] > max_spread_pts
+
+    # Later assignments win, so the first reason in SKIP_REASONS order is the one recorded.
+    skip_code = np.zeros(len(entry_idx), dtype=np.int8)
+    skip_code[wide] = 4
+    skip_code[in_window] = 3
+    skip_code[late] = 2
+    skip_code[~has_tick] = 1
+    return entry_idx, skip_code
 
 
 def run_backtests(
@@ -94,6 +227,7 @@ def run_backtests(
     instrument: Instrument,
     horizon_minutes: float | None,
     workers: int = 1,
+    entry_filter: EntryFilter | None = None,
 ) -> Trades:
     """Backtest strategies on ticks: entries from per-bar signals, exits from the fill kernel.
 
@@ -111,11 +245,15 @@ def run_backtests(
         Wall-clock minutes after the entry tick after which a trade exits; None for none.
     workers : int
         numba threads; capped at ``numba.config.NUMBA_NUM_THREADS``.
+    entry_filter : EntryFilter or None
+        Rules that skip signals at their entry tick; None skips only signals without a tick.
+        ``EntryFilter.from_search(config.search)`` gives the configured rules.
 
     Returns
     -------
     Trades
-        All trades, under the rules in this module's docstring.
+        All trades, under the rules in this module's docstring, with the skipped signals per
+        strategy and reason in ``entry_skips``.
 
     Raises
     ------
@@ -132,11 +270,13 @@ def run_backtests(
         raise ValueError(f"workers must be at least 1, got {workers}")
     n_bars = len(bars)
     horizon_ns = np.int64(horizon_to_ns(horizon_minutes))
+    bar_entry_idx, bar_skip_code = entry_checks(tick_arrays, bars, timeframe_min, entry_filter or EntryFilter())
 
-    # One CSR row of signal bars per distinct signal array; SL/TP variants share a row.
+    # One CSR row of allowed signal bars per distinct signal array; SL/TP variants share a row.
     row_of_key: dict[tuple[str, str], int] = {}
     row_bars: list[np.ndarray] = []
     row_sides: list[np.ndarray] = []
+    row_skips: list[np.ndarray] = []
     strategy_row = np.empty(len(strategies), dtype=np.int64)
     stop_points = np.empty(len(strategies), dtype=np.int64)
     target_points = np.empty(len(strategies), dtype=np.int64)
@@ -145,9 +285,12 @@ def run_backtests(
         if key not in row_of_key:
             signal = _check_signal(signals_by_key, key, n_bars)
             nonzero = np.flatnonzero(signal)
+            skip_code = bar_skip_code[nonzero]
+            allowed = nonzero[skip_code == 0]
             row_of_key[key] = len(row_bars)
-            row_bars.append(nonzero.astype(np.int64))
-            row_sides.append(signal[nonzero].astype(np.int8))
+            row_bars.append(allowed.astype(np.int64))
+            row_sides.append(signal[allowed].astype(np.int8))
+            row_skips.append(np.bincount(skip_code, minlength=len(SKIP_REASONS) + 1)[1:].astype(np.int64))
         strategy_row[s] = row_of_key[key]
         stop_points[s] = pips_to_points(strategy.stop_loss_pips, instrument)
         target_points[s] = pips_to_points(strategy.take_profit_pips, instrument)
@@ -162,8 +305,9 @@ def run_backtests(
     np.cumsum(signal_counts, out=signal_offsets[1:])
     signal_bar = np.concatenate(row_bars) if row_bars else np.empty(0, dtype=np.int64)
     signal_side = np.concatenate(row_sides) if row_sides else np.empty(0, dtype=np.int8)
-
-    bar_entry_idx = entry_tick_index(tick_arrays.timestamp_ns, bars, timeframe_min)
+    skip_counts = (np.stack(row_skips)[strategy_row] if row_skips
+                   else np.zeros((0, len(SKIP_REASONS)), dtype=np.int64))
+    entry_skips = EntrySkips(**{reason: skip_counts[:, k].copy() for k, reason in enumerate(SKIP_REASONS)})
 
     started = time.perf_counter()
     previous_threads = numba.get_num_threads()
@@ -180,10 +324,12 @@ def run_backtests(
     finally:
         numba.set_num_threads(previous_threads)
 
-    trades = _assemble(parts, tick_arrays, instrument)
+    trades = _assemble(parts, tick_arrays, instrument, entry_skips)
     logger.info(
-        "Backtested %d strategies (%d distinct signal sets) on %s: %d trades in %.2f s with %d threads",
+        "Backtested %d strategies (%d distinct signal sets) on %s: %d trades in %.2f s with %d threads; "
+        "signals skipped, summed over strategies: %s",
         len(strategies), len(row_bars), instrument.symbol, len(trades), time.perf_counter() - started, threads,
+        entry_skips.totals(),
     )
     return trades
 
@@ -245,7 +391,8 @@ def _run_chunk(tick_arrays: TickArrays, bar_entry_idx: np.ndarray, signal_offset
     }
 
 
-def _assemble(parts: list[dict[str, np.ndarray]], tick_arrays: TickArrays, instrument: Instrument) -> Trades:
+def _assemble(parts: list[dict[str, np.ndarray]], tick_arrays: TickArrays, instrument: Instrument,
+              entry_skips: EntrySkips) -> Trades:
     if parts:
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     else:
@@ -267,4 +414,5 @@ def _assemble(parts: list[dict[str, np.ndarray]], tick_arrays: TickArrays, instr
         exit_price=points_to_price(columns["exit_pts"], instrument),
         reason=columns["reason"].astype(np.int8),
         pips=np.asarray(pips, dtype=np.float64),
+        entry_skips=entry_skips,
     )

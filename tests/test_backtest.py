@@ -10,9 +10,9 @@ import pytest
 
 import fxresearch.backtest as backtest
 from fxresearch._fill_kernels import OPEN_AT_LIMIT, SIGNAL, find_exit_ticks_nb
-from fxresearch.backtest import Trades, run_backtests
+from fxresearch.backtest import SKIP_REASONS, TRADE_COLUMNS, EntryFilter, Trades, entry_checks, run_backtests
 from fxresearch.bars import build_bars, entry_tick_index
-from fxresearch.config import SearchConfig
+from fxresearch.config import ConfigError, SearchConfig
 from fxresearch.fills import REASONS, horizon_to_ns, pips_to_points, prepare_tick_arrays, simulate_trade
 from fxresearch.instruments import get_instrument
 from fxresearch.strategies import SignalContext, Strategy, compute_signals, generate_strategies
@@ -33,8 +33,8 @@ def _flat_ticks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return timestamp_ns, np.full(N_HAND_TICKS, BID), np.full(N_HAND_TICKS, ASK)
 
 
-def _run_one(timestamp_ns, bid, ask, signal_at: dict[int, int], stop_loss_pips=10.0, take_profit_pips=10.0,
-             horizon_minutes=None, timeframe_min=1) -> pd.DataFrame:
+def _run_hand(timestamp_ns, bid, ask, signal_at: dict[int, int], stop_loss_pips=10.0, take_profit_pips=10.0,
+              horizon_minutes=None, timeframe_min=1, entry_filter=None) -> Trades:
     """Backtest one strategy whose signals are ``{bar: side}`` and return its trades."""
     arrays = prepare_tick_arrays(timestamp_ns, bid, ask, EURUSD, 30.0)
     bars = build_bars(timestamp_ns, bid, ask, timeframe_min)
@@ -42,9 +42,12 @@ def _run_one(timestamp_ns, bid, ask, signal_at: dict[int, int], stop_loss_pips=1
     for bar, side in signal_at.items():
         signal[bar] = side
     strategy = Strategy("hand", {}, stop_loss_pips, take_profit_pips)
-    trades = run_backtests(arrays, bars, timeframe_min, [strategy], {strategy.signal_key: signal},
-                           EURUSD, horizon_minutes)
-    return trades.to_frame()
+    return run_backtests(arrays, bars, timeframe_min, [strategy], {strategy.signal_key: signal},
+                         EURUSD, horizon_minutes, entry_filter=entry_filter)
+
+
+def _run_one(*args, **kwargs) -> pd.DataFrame:
+    return _run_hand(*args, **kwargs).to_frame()
 
 
 class TestTradingRules:
@@ -135,6 +138,123 @@ class TestTradingRules:
         trades = run_backtests(arrays, bars, 1, [], {}, EURUSD, None)
         assert len(trades) == 0
         assert list(trades.to_frame().columns)[:3] == ["strategy_index", "side", "signal_bar"]
+
+
+def _skips(trades: Trades) -> dict[str, int]:
+    return trades.entry_skips.totals()
+
+
+def _weekend_ticks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """60 ticks 10 s apart from Friday 21:40 UTC (16:40 New York), then 60 from Sunday 22:05 UTC (17:05)."""
+    friday = int(datetime_to_ns(["2024-01-12 21:40:00"])[0])
+    sunday = int(datetime_to_ns(["2024-01-14 22:05:00"])[0])
+    steps = np.arange(60, dtype=np.int64) * 10 * NS_PER_SECOND
+    timestamp_ns = np.r_[friday + steps, sunday + steps]
+    return timestamp_ns, np.full(120, BID), np.full(120, ASK)
+
+
+class TestEntryFilters:
+    def test_wide_spread_signal_skipped(self):
+        timestamp_ns, bid, ask = _flat_ticks()
+        # Bar 2 enters at tick 18, whose spread is 3 pips.
+        ask[18] = BID + 0.00030
+        trades = _run_hand(timestamp_ns, bid, ask, {2: 1, 4: 1}, entry_filter=EntryFilter(max_spread_pips=2.0))
+        assert trades.signal_bar.tolist() == [4]
+        assert trades.entry_idx.tolist() == [30]
+        assert _skips(trades) == {"no_tick": 0, "late": 0, "no_entry_window": 0, "wide_spread": 1}
+
+    def test_spread_at_limit_allowed(self):
+        timestamp_ns, bid, ask = _flat_ticks()
+        ask[18] = BID + 0.00030
+        trades = _run_hand(timestamp_ns, bid, ask, {2: 1}, entry_filter=EntryFilter(max_spread_pips=3.0))
+        assert trades.entry_idx.tolist() == [18]
+
+    def test_skipped_opposite_signal_does_not_reverse(self):
+        timestamp_ns, bid, ask = _flat_ticks()
+        ask[36] = BID + 0.00030
+        trades = _run_hand(timestamp_ns, bid, ask, {2: 1, 5: -1}, entry_filter=EntryFilter(max_spread_pips=2.0))
+        assert trades.side.tolist() == [1]
+        assert trades.exit_idx.tolist() == [N_HAND_TICKS - 1]
+        assert trades.reason.tolist() == [REASONS.index("end_of_data")]
+
+    def test_friday_signal_not_filled_on_sunday(self):
+        # Friday's last one-minute bar (21:49) closes at 21:50; its first tick after is Sunday 22:05.
+        timestamp_ns, bid, ask = _weekend_ticks()
+        late = _run_hand(timestamp_ns, bid, ask, {9: 1, 12: -1},
+                         entry_filter=EntryFilter(max_delay_minutes=30.0))
+        assert late.signal_bar.tolist() == [12]
+        assert _skips(late)["late"] == 1
+        unfiltered = _run_hand(timestamp_ns, bid, ask, {9: 1, 12: -1})
+        # Sunday bar k >= 10 opens at 22:05 + (k - 10) minutes, so bar 12 enters at tick 78.
+        assert unfiltered.entry_idx.tolist() == [60, 78]
+
+    def test_late_counted_before_window(self):
+        # The Sunday entry at 17:05 New York is both late and inside the rollover window.
+        timestamp_ns, bid, ask = _weekend_ticks()
+        entry_filter = EntryFilter(max_delay_minutes=30.0, no_entry_windows=(("16:55", "17:10"),))
+        trades = _run_hand(timestamp_ns, bid, ask, {9: 1, 11: 1, 13: 1, 14: 1}, entry_filter=entry_filter)
+        # Bars 11 and 13 enter at 17:07 and 17:09 New York, inside the window. Bar 14 enters at
+        # 17:10, the window's end, which is outside it.
+        assert _skips(trades) == {"no_tick": 0, "late": 1, "no_entry_window": 2, "wide_spread": 0}
+        assert trades.signal_bar.tolist() == [14]
+        assert trades.entry_idx.tolist() == [90]
+
+    @pytest.mark.parametrize(("window", "skipped_bars"), [
+        # Hand ticks start 10:00 UTC in January, 05:00 New York; bar b enters at 05:0(b+1).
+        (("05:03", "05:04"), [2]),
+        (("05:03", "05:05"), [2, 3]),
+        (("23:00", "05:04"), [0, 1, 2]),
+        (("05:04", "05:03"), [0, 1, 3, 4]),
+    ])
+    def test_no_entry_window(self, window, skipped_bars):
+        timestamp_ns, bid, ask = _flat_ticks()
+        arrays = prepare_tick_arrays(timestamp_ns, bid, ask, EURUSD, 30.0)
+        bars = build_bars(timestamp_ns, bid, ask, 1)
+        entry_idx, skip_code = entry_checks(arrays, bars, 1, EntryFilter(no_entry_windows=(window,)))
+        assert entry_idx[:5].tolist() == [6, 12, 18, 24, 30]
+        assert np.flatnonzero(skip_code[:5] == 3).tolist() == skipped_bars
+
+    def test_signal_without_tick_counted(self):
+        trades = _run_hand(*_flat_ticks(), {N_HAND_TICKS // 6 - 1: 1})
+        assert _skips(trades)["no_tick"] == 1
+
+    def test_skips_follow_sl_tp_variants(self):
+        timestamp_ns, bid, ask = _flat_ticks()
+        ask[18] = BID + 0.00030
+        arrays = prepare_tick_arrays(timestamp_ns, bid, ask, EURUSD, 30.0)
+        bars = build_bars(timestamp_ns, bid, ask, 1)
+        signal = np.zeros(len(bars), dtype=np.int8)
+        signal[[2, 4]] = 1
+        strategies = [Strategy("hand", {}, 10.0, 10.0), Strategy("hand", {}, 5.0, 20.0), Strategy("other", {}, 5.0, 5.0)]
+        signals = {strategies[0].signal_key: signal, strategies[2].signal_key: np.zeros(len(bars), np.int8)}
+        trades = run_backtests(arrays, bars, 1, strategies, signals, EURUSD, None,
+                               entry_filter=EntryFilter(max_spread_pips=2.0))
+        assert trades.entry_skips.wide_spread.tolist() == [1, 1, 0]
+        assert trades.select(trades.strategy_index == 0).entry_skips is trades.entry_skips
+
+    def test_from_search_config(self):
+        entry_filter = EntryFilter.from_search(SearchConfig())
+        assert entry_filter == EntryFilter(0.0, 30.0, (("16:55", "17:10"),))
+
+    @pytest.mark.parametrize("kwargs", [
+        {"max_spread_pips": -1.0},
+        {"max_delay_minutes": float("nan")},
+        {"no_entry_windows": (("5:00", "06:00"),)},
+        {"no_entry_windows": (("17:00", "17:00"),)},
+        {"no_entry_windows": (("24:00", "01:00"),)},
+    ])
+    def test_invalid_filter_raises(self, kwargs):
+        with pytest.raises(ValueError):
+            EntryFilter(**kwargs)
+
+    @pytest.mark.parametrize("kwargs", [
+        {"max_entry_spread_pips": -0.5},
+        {"no_entry_windows": (("16:55",),)},
+        {"no_entry_windows": (("16:5", "17:10"),)},
+    ])
+    def test_invalid_search_config_raises(self, kwargs):
+        with pytest.raises(ConfigError, match="search"):
+            SearchConfig(**kwargs)
 
 
 class TestInputChecks:
@@ -304,14 +424,27 @@ def test_matches_slow_reference(random_market):
     assert reasons >= {"signal", "stop_loss", "take_profit", "horizon"}
 
 
-def test_serial_equals_parallel(random_market):
+@pytest.mark.parametrize("entry_filter", [
+    None,
+    # The random market's spreads are 0.5-2 pips and it spans two 17:00 New York rollovers.
+    EntryFilter(max_spread_pips=1.5, max_delay_minutes=30.0, no_entry_windows=(("16:55", "17:10"), ("23:30", "00:30"))),
+], ids=["no_filter", "filters_on"])
+def test_serial_equals_parallel(random_market, entry_filter):
     arrays, bars = random_market
     strategies, signals = _random_strategies(len(bars), n_rows=30, seed=4, density=0.08)
-    serial = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=1)
-    parallel = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=2)
+    serial = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=1, entry_filter=entry_filter)
+    parallel = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=2,
+                             entry_filter=entry_filter)
     assert len(serial) > 1000
-    for name in Trades.__dataclass_fields__:
+    for name in TRADE_COLUMNS:
         np.testing.assert_array_equal(getattr(serial, name), getattr(parallel, name), err_msg=name)
+    for reason in SKIP_REASONS:
+        np.testing.assert_array_equal(getattr(serial.entry_skips, reason), getattr(parallel.entry_skips, reason),
+                                      err_msg=reason)
+    if entry_filter is not None:
+        totals = serial.entry_skips.totals()
+        assert totals["wide_spread"] > 100
+        assert totals["no_entry_window"] > 0
 
 
 def test_chunked_run_equals_single_call(random_market, monkeypatch):
@@ -320,7 +453,7 @@ def test_chunked_run_equals_single_call(random_market, monkeypatch):
     whole = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0)
     monkeypatch.setattr(backtest, "MAX_SIGNALS_PER_CALL", 100)
     chunked = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0)
-    for name in Trades.__dataclass_fields__:
+    for name in TRADE_COLUMNS:
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name), err_msg=name)
 
 
@@ -359,7 +492,7 @@ def test_real_ticks_match_reference_and_threads():
 
     serial = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=1)
     parallel = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, workers=2)
-    for name in Trades.__dataclass_fields__:
+    for name in TRADE_COLUMNS:
         np.testing.assert_array_equal(getattr(serial, name), getattr(parallel, name), err_msg=name)
     for s in range(0, len(strategies), 37):
         expected = _reference_backtest(arrays, bars, 5, strategies[s], signals[strategies[s].signal_key], 240.0)
