@@ -188,11 +188,11 @@ class SampleConfig:
     """Built-in synthetic sample set."""
 
     seed: int = 20250101
-    weeks: int = 8
+    weeks: int = 14
     year: int = 2025
     pairs: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "AUDUSD")
     # Mean ticks per hour in the busiest session.
-    ticks_per_hour: int = 1500
+    ticks_per_hour: int = 1000
     no_edge: bool = False
 
 

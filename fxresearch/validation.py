@@ -198,7 +198,7 @@ def walk_forward_folds(day_numbers: np.ndarray, n_folds: int, purge_days: int,
             f"of {min_train_days}+ days plus a {gap}-day gap, but only {max(fold_end, 0)} of {n_days} trading "
             f"days lie before the lockbox and its gap; made {n_fitting} folds."
         )
-        logger.warning("Walk-forward: %s", reason)
+        logger.info("Walk-forward: %s", reason)
 
     folds = _layout_folds(days, fold_end, n_fitting, gap, scheme) if n_fitting else ()
     return FoldPlan(folds=folds, n_requested=n_folds, reason=reason, scheme=scheme, gap_days=gap,
