@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fxresearch.backtest import Trades
-from fxresearch.metrics import METRIC_NAMES, PERIOD_SUFFIXES, strategy_metrics, trading_days
+from fxresearch.fills import DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, SIGNAL, STOP_LOSS, TAKE_PROFIT
+from fxresearch.metrics import METRIC_NAMES, PERIOD_SUFFIXES, TRADE_REASONS, strategy_metrics, trading_days
 from fxresearch.timeutil import NS_PER_DAY, NS_PER_MINUTE, datetime_to_ns, trading_day_ns
 
 NS_PER_HOUR = 60 * NS_PER_MINUTE
@@ -30,8 +31,9 @@ def _weekday_noons(first: str, n_days: int) -> np.ndarray:
     return np.array(days, dtype=np.int64)
 
 
-def _trades(strategy_index, pips, exit_time_ns, entry_time_ns=None, exit_idx=None) -> Trades:
+def _trades(strategy_index, pips, exit_time_ns, entry_time_ns=None, exit_idx=None, reason=None) -> Trades:
     n = len(pips)
+    reason = np.zeros(n, dtype=np.int8) if reason is None else np.asarray(reason, dtype=np.int8)
     exit_time_ns = np.asarray(exit_time_ns, dtype=np.int64)
     entry_time_ns = exit_time_ns - NS_PER_HOUR if entry_time_ns is None else np.asarray(entry_time_ns, np.int64)
     exit_idx = np.arange(n, dtype=np.int64) if exit_idx is None else np.asarray(exit_idx, dtype=np.int64)
@@ -45,7 +47,7 @@ def _trades(strategy_index, pips, exit_time_ns, entry_time_ns=None, exit_idx=Non
         exit_idx=exit_idx,
         exit_time_ns=exit_time_ns,
         exit_price=np.ones(n),
-        reason=np.zeros(n, dtype=np.int8),
+        reason=reason,
         pips=np.asarray(pips, dtype=np.float64),
     )
 
@@ -158,6 +160,183 @@ class TestSharpe:
         trades = _trades([0] * 20, [0.1] * 20, ticks)
         metrics = strategy_metrics(trades, 1, FAR_FUTURE_NS, ticks)
         assert np.isnan(metrics.sharpe_is.iloc[0])
+
+
+T0_NS = _ns("2024-01-09 08:00")
+
+
+def _minutes(*values: float) -> np.ndarray:
+    return T0_NS + np.asarray(values, dtype=np.int64) * NS_PER_MINUTE
+
+
+class TestTradeAverages:
+    """Strategy 0: four in-sample trades; 1: one in-sample and one out-of-sample; 2: none."""
+
+    @pytest.fixture
+    def metrics(self):
+        ticks = _minutes(0, 1000, 1500, 2000)
+        trades = _trades(
+            strategy_index=[0, 0, 0, 0, 1, 1],
+            pips=[20.0, -10.0, 0.0, 10.0, -5.0, 6.0],
+            entry_time_ns=_minutes(0, 100, 200, 300, 0, 1500),
+            exit_time_ns=_minutes(30, 160, 290, 420, 15, 1600),
+            reason=[TAKE_PROFIT, STOP_LOSS, HORIZON, SIGNAL, DATA_GAP, END_OF_DATA],
+        )
+        split_ns = int(_minutes(1200)[0])
+        return strategy_metrics(trades, 3, split_ns, ticks, stop_loss_pips=np.array([10.0, 5.0, 8.0]))
+
+    def test_avg_win_and_loss(self, metrics):
+        # The 0-pip trade is neither a win nor a loss: wins 20 and 10, one loss of -10.
+        assert metrics.avg_win_pips_is.iloc[0] == 15.0
+        assert metrics.avg_loss_pips_is.iloc[0] == -10.0
+        assert np.isnan(metrics.avg_win_pips_is.iloc[1])
+        assert metrics.avg_loss_pips_is.iloc[1] == -5.0
+        assert metrics.avg_win_pips_oos.iloc[1] == 6.0
+        assert np.isnan(metrics.avg_loss_pips_oos.iloc[1])
+
+    def test_avg_r_multiple(self, metrics):
+        # Stop-loss 10 pips: R of 2, -1, 0 and 1, mean 0.5. Stop-loss 5 pips: -5 / 5 = -1.
+        assert metrics.avg_r_multiple_is.iloc[0] == pytest.approx(0.5)
+        assert metrics.avg_r_multiple_is.iloc[1] == pytest.approx(-1.0)
+        assert metrics.avg_r_multiple_oos.iloc[1] == pytest.approx(1.2)
+
+    def test_avg_holding_minutes(self, metrics):
+        # Holding times 30, 60, 90 and 120 minutes.
+        assert metrics.avg_holding_minutes_is.iloc[0] == pytest.approx(75.0)
+        assert metrics.avg_holding_minutes_is.iloc[1] == pytest.approx(15.0)
+        assert metrics.avg_holding_minutes_oos.iloc[1] == pytest.approx(100.0)
+
+    def test_reason_counts(self, metrics):
+        row = metrics.iloc[0]
+        assert row.n_take_profit_is == 1
+        assert row.n_stop_loss_is == 1
+        assert row.n_horizon_is == 1
+        assert row.n_signal_is == 1
+        assert row.n_data_gap_is == 0
+        assert row.n_end_of_data_is == 0
+        assert metrics.n_data_gap_is.iloc[1] == 1
+        assert metrics.n_end_of_data_oos.iloc[1] == 1
+        assert metrics.n_end_of_data_is.iloc[1] == 0
+
+    def test_strategy_without_trades(self, metrics):
+        row = metrics.iloc[2]
+        for suffix in PERIOD_SUFFIXES:
+            for reason in TRADE_REASONS:
+                assert row[f"n_{reason}{suffix}"] == 0, reason
+            for name in ("avg_win_pips", "avg_loss_pips", "avg_r_multiple", "avg_holding_minutes"):
+                assert np.isnan(row[name + suffix]), name + suffix
+            assert row["exposure" + suffix] == 0.0
+
+    def test_count_columns_are_int64(self, metrics):
+        for reason in TRADE_REASONS:
+            assert metrics[f"n_{reason}_is"].dtype == np.int64
+
+    def test_r_multiple_nan_without_stop_loss(self):
+        ticks = _minutes(0, 1000)
+        trades = _trades([0, 1], [10.0, 10.0], _minutes(60, 60), entry_time_ns=_minutes(0, 0))
+        without = strategy_metrics(trades, 2, FAR_FUTURE_NS, ticks)
+        assert without.avg_r_multiple_is.isna().all()
+        with_nan = strategy_metrics(trades, 2, FAR_FUTURE_NS, ticks, stop_loss_pips=np.array([np.nan, 20.0]))
+        assert np.isnan(with_nan.avg_r_multiple_is.iloc[0])
+        assert with_nan.avg_r_multiple_is.iloc[1] == 0.5
+
+
+class TestExposure:
+    def test_held_time_over_span(self):
+        # In-sample span: ticks at 0 and 1000 minutes, split at 1200.
+        ticks = _minutes(0, 500, 1000, 1300, 1500, 1700)
+        split_ns = int(_minutes(1200)[0])
+        trades = _trades(
+            strategy_index=[0, 0, 1],
+            pips=[1.0, 1.0, 1.0],
+            entry_time_ns=_minutes(0, 200, 1300),
+            exit_time_ns=_minutes(100, 300, 1400),
+        )
+        metrics = strategy_metrics(trades, 3, split_ns, ticks)
+        # Strategy 0: two 100-minute trades in a 1000-minute span.
+        assert metrics.exposure_is.iloc[0] == pytest.approx(0.2)
+        assert metrics.exposure_oos.iloc[0] == 0.0
+        # Strategy 1: 100 minutes out of the 400-minute out-of-sample span, 1300 to 1700.
+        assert metrics.exposure_oos.iloc[1] == pytest.approx(0.25)
+        assert metrics.exposure_is.iloc[1] == 0.0
+        assert metrics.exposure_is.iloc[2] == 0.0
+        assert metrics.exposure_oos.iloc[2] == 0.0
+
+    def test_overlapping_trades_count_once(self):
+        ticks = _minutes(0, 1000)
+        # Listed out of entry order: 0-100 and 50-150 overlap, 60-70 lies inside both and
+        # 150-200 touches the end of the second, so the union is 0-200. 500-600 is separate.
+        trades = _trades(
+            strategy_index=[0, 0, 0, 0, 0],
+            pips=[1.0] * 5,
+            entry_time_ns=_minutes(150, 0, 500, 60, 50),
+            exit_time_ns=_minutes(200, 100, 600, 70, 150),
+        )
+        metrics = strategy_metrics(trades, 1, FAR_FUTURE_NS, ticks)
+        assert metrics.exposure_is.iloc[0] == pytest.approx(0.3)
+
+    def test_trade_across_split_counts_in_entry_period(self):
+        ticks = _minutes(0, 1000, 1300, 2000)
+        split_ns = int(_minutes(1200)[0])
+        trades = _trades([0], [1.0], _minutes(1500), entry_time_ns=_minutes(900))
+        metrics = strategy_metrics(trades, 1, split_ns, ticks)
+        # 600 minutes held, all of it booked in-sample against the 1000-minute span.
+        assert metrics.exposure_is.iloc[0] == pytest.approx(0.6)
+        assert metrics.exposure_oos.iloc[0] == 0.0
+
+    def test_nan_for_period_without_span(self):
+        ticks = _minutes(0, 1000, 1300)
+        split_ns = int(_minutes(1200)[0])
+        trades = _trades([0], [1.0], _minutes(1350), entry_time_ns=_minutes(1300))
+        metrics = strategy_metrics(trades, 1, split_ns, ticks)
+        assert np.isnan(metrics.exposure_oos.iloc[0])
+        assert metrics.exposure_is.iloc[0] == 0.0
+
+
+def test_reason_counts_sum_to_n_trades():
+    rng = np.random.default_rng(3)
+    n = 2000
+    ticks = _weekday_noons("2024-01-08", 30)
+    exit_ns = np.sort(rng.choice(ticks, n))
+    trades = _trades(rng.integers(0, 50, n), rng.normal(0.0, 10.0, n), exit_ns,
+                     reason=rng.integers(0, len(TRADE_REASONS), n))
+    metrics = strategy_metrics(trades, 50, int(ticks[20]), ticks)
+    for suffix in PERIOD_SUFFIXES:
+        counted = sum(metrics[f"n_{reason}{suffix}"] for reason in TRADE_REASONS)
+        np.testing.assert_array_equal(counted.to_numpy(), metrics[f"n_trades{suffix}"].to_numpy())
+    assert metrics.n_trades_is.sum() + metrics.n_trades_oos.sum() == n
+
+
+def test_reason_names_follow_fill_codes():
+    assert TRADE_REASONS == ("stop_loss", "take_profit", "horizon", "data_gap", "end_of_data", "signal")
+    assert METRIC_NAMES[-len(TRADE_REASONS):] == tuple(f"n_{reason}" for reason in TRADE_REASONS)
+
+
+def test_no_entry_reason_raises():
+    ticks = _minutes(0, 1000)
+    trades = _trades([0], [1.0], _minutes(60), reason=[NO_ENTRY])
+    with pytest.raises(ValueError, match="exit reasons"):
+        strategy_metrics(trades, 1, FAR_FUTURE_NS, ticks)
+
+
+def test_exit_before_entry_raises():
+    ticks = _minutes(0, 1000)
+    trades = _trades([0], [1.0], _minutes(60), entry_time_ns=_minutes(90))
+    with pytest.raises(ValueError, match="exit before they enter"):
+        strategy_metrics(trades, 1, FAR_FUTURE_NS, ticks)
+
+
+@pytest.mark.parametrize("stop_loss_pips, message", [
+    (np.array([10.0]), "shape"),
+    (np.array([10.0, 0.0]), "strategy 1 is 0.0"),
+    (np.array([-5.0, 10.0]), "strategy 0 is -5.0"),
+    (np.array([10.0, np.inf]), "strategy 1 is inf"),
+])
+def test_bad_stop_loss_raises(stop_loss_pips, message):
+    ticks = _minutes(0, 1000)
+    trades = _trades([0, 1], [1.0, 1.0], _minutes(60, 60))
+    with pytest.raises(ValueError, match=message):
+        strategy_metrics(trades, 2, FAR_FUTURE_NS, ticks, stop_loss_pips=stop_loss_pips)
 
 
 def test_trading_days_match_timeutil():
