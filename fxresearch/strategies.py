@@ -160,6 +160,18 @@ class SignalContext:
         """Return bar open times as int64 nanoseconds UTC."""
         return self.bars["timestamp"].to_numpy().astype(np.int64, copy=False)
 
+    def features_on_bars(self) -> pd.DataFrame:
+        """Return the features matched to the bars by ``timestamp``, one row per bar, NaN where missing."""
+        if self.features is None:
+            raise ValueError("This SignalContext has no features; require \"features\" to get them.")
+        return _features_on_bars(self)
+
+    def regime_names_on_bars(self) -> np.ndarray:
+        """Return per bar the name of the last regime whose bar closed by the bar's close, or None."""
+        if self.regimes is None:
+            raise ValueError("This SignalContext has no regimes; require \"regimes\" to get them.")
+        return _regime_names_on_bars(self)
+
 
 def _has_patterns(patterns_doc: Mapping[str, Any], timeframe_min: int) -> bool:
     """Return True when the document has patterns mined on bars of ``timeframe_min``."""
@@ -422,11 +434,12 @@ def _regime_names_on_bars(context: SignalContext) -> np.ndarray:
 
 
 class Template(NamedTuple):
-    """A family's signal function, its parameter grid and the inputs it needs."""
+    """A family's signal function, its parameter grid, the inputs it needs and, for a user template, its file."""
 
     signal: Callable[..., np.ndarray]
     grid: tuple[dict[str, Any], ...]
     requires: frozenset[str]
+    source: str = ""
 
 
 def _grid(**values: Iterable[Any]) -> list[dict[str, Any]]:
@@ -474,22 +487,25 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def generate_strategies(search: SearchConfig, available: set[str]) -> list[Strategy]:
+def generate_strategies(search: SearchConfig, available: set[str],
+                        user_templates: Mapping[str, Template] | None = None) -> list[Strategy]:
     """Return every family x parameter set x (stop-loss, take-profit) pair of the search config.
 
-    Families listed in ``search.families`` whose inputs are not all in ``available`` are
-    skipped with a log message. The order is stable: config family order, grid order, then
-    ``search.sl_tp_sets`` order.
+    The families are those in ``search.families``, then every user template (from
+    ``fxresearch.user_templates.load_user_templates``) not listed there, in the mapping's
+    order. Families whose inputs are not all in ``available`` are skipped with a log message.
+    The order is stable: family order, grid order, then ``search.sl_tp_sets`` order.
 
     Raises
     ------
     ValueError
         When a family name is unknown or a stop-loss or take-profit is not positive.
     """
-    unknown = [family for family in search.families if family not in TEMPLATES]
+    templates = _all_templates(user_templates)
+    unknown = [family for family in search.families if family not in templates]
     if unknown:
         raise ValueError(
-            f"Unknown strategy families {unknown} in search.families; known: {sorted(TEMPLATES)}."
+            f"Unknown strategy families {unknown} in search.families; known: {sorted(templates)}."
         )
     for stop_loss_pips, take_profit_pips in search.sl_tp_sets:
         if not (stop_loss_pips > 0 and take_profit_pips > 0):
@@ -498,9 +514,10 @@ def generate_strategies(search: SearchConfig, available: set[str]) -> list[Strat
                 f"stop-loss and take-profit in pips."
             )
 
+    families = list(search.families) + [name for name in (user_templates or {}) if name not in search.families]
     strategies: list[Strategy] = []
-    for family in search.families:
-        template = TEMPLATES[family]
+    for family in families:
+        template = templates[family]
         missing = template.requires - set(available)
         if missing:
             logger.info("Skipping strategy family %s: inputs %s are not available", family, sorted(missing))
@@ -511,19 +528,65 @@ def generate_strategies(search: SearchConfig, available: set[str]) -> list[Strat
     return strategies
 
 
-def compute_signals(family: str, params: Mapping[str, Any], context: SignalContext) -> np.ndarray:
+def compute_signals(family: str, params: Mapping[str, Any], context: SignalContext,
+                    user_templates: Mapping[str, Template] | None = None) -> np.ndarray:
     """Return the int8 signal per bar of one family and parameter set, cached in ``context``.
 
-    The returned array is shared with the cache; treat it as read-only.
+    ``family`` is a built-in family or a key of ``user_templates``. The returned array is
+    shared with the cache; treat it as read-only.
+
+    Raises
+    ------
+    ValueError
+        For an unknown family, or a user template whose output is not one integer -1, 0 or
+        +1 per bar; the message names the template's file.
     """
-    if family not in TEMPLATES:
-        raise ValueError(f"Unknown strategy family {family!r}; known: {sorted(TEMPLATES)}.")
+    templates = _all_templates(user_templates)
+    if family not in templates:
+        raise ValueError(f"Unknown strategy family {family!r}; known: {sorted(templates)}.")
     key = (family, params_to_json(params))
     cached = context.cache.get(key)
     if cached is None:
-        cached = np.ascontiguousarray(TEMPLATES[family].signal(context, **params), dtype=np.int8)
+        template = templates[family]
+        output = template.signal(context, **params)
+        if template.source:
+            cached = check_signal_output(output, len(context.bars), f"Template {family} in {template.source}")
+        else:
+            cached = np.ascontiguousarray(output, dtype=np.int8)
         if cached.shape != (len(context.bars),):
             raise ValueError(f"Family {family} returned {cached.shape} signals for {len(context.bars)} bars.")
         cached.setflags(write=False)
         context.cache[key] = cached
     return cached
+
+
+def check_signal_output(output: Any, n_bars: int, what: str) -> np.ndarray:
+    """Return ``output`` as a contiguous int8 array after checking it is one -1, 0 or +1 per bar.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` when the output is not an integer numpy array of shape ``(n_bars,)``
+        holding only -1, 0 and +1.
+    """
+    if not isinstance(output, np.ndarray):
+        raise ValueError(f"{what} returned {type(output).__name__}; return a numpy array of int8, one value per bar.")
+    if output.shape != (n_bars,):
+        raise ValueError(f"{what} returned shape {output.shape} for {n_bars} bars; return shape ({n_bars},).")
+    if not np.issubdtype(output.dtype, np.integer):
+        raise ValueError(f"{what} returned dtype {output.dtype}; return integers, e.g. with .astype(np.int8).")
+    bad = np.flatnonzero((output < -1) | (output > 1))
+    if len(bad):
+        raise ValueError(
+            f"{what} returned {output[bad[0]].item()} at bar {bad[0]}; allowed values are -1, 0 and +1."
+        )
+    return np.ascontiguousarray(output, dtype=np.int8)
+
+
+def _all_templates(user_templates: Mapping[str, Template] | None) -> Mapping[str, Template]:
+    if not user_templates:
+        return TEMPLATES
+    clashes = sorted(set(user_templates) & set(TEMPLATES))
+    if clashes:
+        raise ValueError(f"User templates {clashes} have the names of built-in families; rename them.")
+    return {**TEMPLATES, **user_templates}
