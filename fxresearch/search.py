@@ -142,7 +142,8 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     costs = trade_costs_and_pnl(trade_frame, ctx.instrument, config.costs, config.account,
                                 RateSources.from_folder(ctx.parquet_path.parent, config))
     net_trades = dataclasses.replace(trades, pips=costs["pips_net"].to_numpy(np.float64))
-    metrics = strategy_metrics(net_trades, len(strategies), split_ns, ticks.timestamp_ns)
+    metrics = strategy_metrics(net_trades, len(strategies), split_ns, ticks.timestamp_ns,
+                               stop_loss_pips=np.array([s.stop_loss_pips for s in strategies], dtype=np.float64))
     usd = _usd_totals(trades, costs, len(strategies), split_ns)
     daily, report = _validate(ctx, trades, costs, bid, ask, metrics, len(strategies))
 
