@@ -4,7 +4,7 @@ Every artifact is written to a temporary name in the same folder and renamed int
 a killed run never leaves a half-written file under a final name. The manifest
 (``output/PAIR_YEAR/manifest.json``) records, for each artifact, the input file's
 fingerprint, a hash of the configuration sections the stage reads, the code version and the
-artifacts it was built from; an artifact is current only when all of these still match.
+artifacts it was built from. An artifact is current only when all of these still match.
 """
 
 from __future__ import annotations

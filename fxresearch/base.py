@@ -39,7 +39,7 @@ class StageError(RuntimeError):
 
 @dataclass
 class PairContext:
-    """What the stages of one pair share: paths, config, manifest and lazily loaded data."""
+    """Shared state of one pair's stages: paths, config, manifest and lazily loaded data."""
 
     parquet_path: Path
     out_dir: Path
@@ -336,7 +336,7 @@ def generate_base(parquet_path: str | Path, output_dir: str | Path, config: Conf
     """Build one pair's research base under ``output_dir/PAIR_YEAR`` and return a summary.
 
     Raises on invalid input (file name, unknown symbol, tick validation) and on a failed
-    stage, with a one-line message naming the pair; stages finished before the failure
+    stage, with a one-line message naming the pair. Stages finished before the failure
     stay recorded in the manifest.
     """
     started = time.perf_counter()

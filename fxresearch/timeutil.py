@@ -49,9 +49,9 @@ def weekend_gap_mask(start_ns: np.ndarray, end_ns: np.ndarray) -> np.ndarray:
     """Return True where a gap from start to end lies in the weekend close.
 
     The market closes Friday 17:00 and reopens Sunday 17:00 New York time. Vendors stop a
-    little early and restart a little late, so a gap counts as the weekend when it starts
-    Friday from 15:00 New York time or on Saturday, and ends on Saturday, or on Sunday
-    before 20:00 New York time.
+    little early and restart a little late. So a gap counts as the weekend when it starts
+    on Friday from 15:00 New York time or on Saturday. It must also end on Saturday, or on
+    Sunday before 20:00 New York time, and last less than three days.
     """
     start = to_local(start_ns, NEW_YORK)
     end = to_local(end_ns, NEW_YORK)

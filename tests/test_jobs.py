@@ -99,7 +99,8 @@ def test_search_builds_base_first_then_reuses(sample_file, tmp_path):
     assert second["message"].startswith("results reused")
 
     forced = search_light(sample_file, tmp_path, config, force_rerun=True)
-    assert "strategies" in forced["message"] and "reused" not in forced["message"]
+    assert "strategies" in forced["message"]
+    assert "reused" not in forced["message"]
 
     # A changed search setting makes the result stale.
     changed = replace(config, search=replace(SMALL_SEARCH, sl_tp_sets=((15.0, 15.0),)))
@@ -190,7 +191,7 @@ def test_real_short_file_writes_empty_tables_with_reasons(tmp_path):
     generate_base(path, tmp_path, config)
     manifest = json.loads((tmp_path / "USDJPY_2013" / "manifest.json").read_text())["artifacts"]
 
-    # 35 minutes of ticks: bars exist, the later stages write empty tables and say why.
+    # 35 minutes of ticks: bars exist, and the later stages write empty tables and record why.
     assert manifest["bars"]["bar_counts"]["M1"] == 34
     assert "M5" in manifest["features"]["insufficient_data"]
     assert manifest["regimes"]["insufficient_data"]
