@@ -538,8 +538,8 @@ def compute_signals(family: str, params: Mapping[str, Any], context: SignalConte
     Raises
     ------
     ValueError
-        For an unknown family, or a user template whose output is not one integer -1, 0 or
-        +1 per bar; the message names the template's file.
+        For an unknown family, or for a user template whose output is not one integer -1, 0
+        or +1 per bar. The message names the template's file.
     """
     templates = _all_templates(user_templates)
     if family not in templates:
@@ -560,25 +560,25 @@ def compute_signals(family: str, params: Mapping[str, Any], context: SignalConte
     return cached
 
 
-def check_signal_output(output: Any, n_bars: int, what: str) -> np.ndarray:
+def check_signal_output(output: Any, n_bars: int, label: str) -> np.ndarray:
     """Return ``output`` as a contiguous int8 array after checking it is one -1, 0 or +1 per bar.
 
     Raises
     ------
     ValueError
-        Naming ``what`` when the output is not an integer numpy array of shape ``(n_bars,)``
+        Starting with ``label`` when the output is not an integer numpy array of shape ``(n_bars,)``
         holding only -1, 0 and +1.
     """
     if not isinstance(output, np.ndarray):
-        raise ValueError(f"{what} returned {type(output).__name__}; return a numpy array of int8, one value per bar.")
+        raise ValueError(f"{label} returned {type(output).__name__}; return a numpy array of int8, one value per bar.")
     if output.shape != (n_bars,):
-        raise ValueError(f"{what} returned shape {output.shape} for {n_bars} bars; return shape ({n_bars},).")
+        raise ValueError(f"{label} returned shape {output.shape} for {n_bars} bars; return shape ({n_bars},).")
     if not np.issubdtype(output.dtype, np.integer):
-        raise ValueError(f"{what} returned dtype {output.dtype}; return integers, e.g. with .astype(np.int8).")
+        raise ValueError(f"{label} returned dtype {output.dtype}; return integers, e.g. with .astype(np.int8).")
     bad = np.flatnonzero((output < -1) | (output > 1))
     if len(bad):
         raise ValueError(
-            f"{what} returned {output[bad[0]].item()} at bar {bad[0]}; allowed values are -1, 0 and +1."
+            f"{label} returned {output[bad[0]].item()} at bar {bad[0]}; allowed values are -1, 0 and +1."
         )
     return np.ascontiguousarray(output, dtype=np.int8)
 

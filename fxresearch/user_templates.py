@@ -71,10 +71,11 @@ def load_user_templates(folder: str | Path) -> dict[str, Template]:
     Raises
     ------
     UserTemplateError
-        Naming the folder or file: the folder is missing, a file fails to import, ``NAME`` or
-        ``signals`` is missing or invalid, a name repeats a built-in or another file's name,
-        ``PARAMETERS`` is not a dict of non-empty lists of JSON values, ``REQUIRES`` names an
-        unknown input, or ``signals`` does not accept a grid parameter.
+        Naming the folder or file. It is raised when the folder is missing or a file fails to
+        import, when ``NAME`` or ``signals`` is missing or invalid, or when a name repeats a
+        built-in or another file's name. It is also raised when ``PARAMETERS`` is not a dict
+        of non-empty lists of JSON values, when ``REQUIRES`` names an unknown input, and when
+        ``signals`` does not accept a grid parameter.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -98,7 +99,7 @@ def load_user_templates(folder: str | Path) -> dict[str, Template]:
 def templates_fingerprint(folder: str | Path) -> str:
     """Return a short hash of the names and contents of the template files in ``folder``.
 
-    A change to any template file changes the hash, so a cache keyed on it sees the edit.
+    A change to any template file changes the hash, so a cache keyed on it detects the edit.
     """
     digest = hashlib.sha256()
     folder = Path(folder)
@@ -202,23 +203,23 @@ def check_template_causality(template: Template, context: SignalContext,
     """
     n_bars = len(context.bars)
     cuts = sorted({int(n_bars * (k + 1) / (n_cuts + 1)) for k in range(n_cuts)} - {0, n_bars})
-    what = f"Template in {template.source or template.signal.__module__}"
+    label = f"Template in {template.source or template.signal.__module__}"
     for params in template.grid[:max_param_sets]:
-        full = check_signal_output(template.signal(context, **params), n_bars, what)
+        full = check_signal_output(template.signal(context, **params), n_bars, label)
         for cut in cuts:
             part_context = _cut_context(context, cut)
-            part = check_signal_output(template.signal(part_context, **params), cut, what)
+            part = check_signal_output(template.signal(part_context, **params), cut, label)
             different = np.flatnonzero(part != full[:cut])
             if len(different):
                 bar = int(different[0])
                 raise ValueError(
-                    f"{what} is not causal: with parameters {params}, bar {bar} gets {part[bar]} on the first "
+                    f"{label} is not causal: with parameters {params}, bar {bar} gets {part[bar]} on the first "
                     f"{cut} bars but {full[bar]} on all {n_bars}; its signals use later bars."
                 )
 
 
 def _cut_context(context: SignalContext, n_bars: int) -> SignalContext:
-    """Return a fresh context that holds only what is known at the close of bar ``n_bars - 1``."""
+    """Return a fresh context that holds only label is known at the close of bar ``n_bars - 1``."""
     bars = context.bars.iloc[:n_bars].reset_index(drop=True)
     last_open_ns = int(bars["timestamp"].iloc[-1])
     last_close_ns = last_open_ns + context.timeframe_min * NS_PER_MINUTE

@@ -6,9 +6,9 @@ engine with it trade for trade. Prices are integer points, times int64 nanosecon
 
 Rules, in the order they act on each tick ``i``:
 
-1. A trade that entered before tick ``i`` checks its levels on the trigger side (bid for a
-   long, ask for a short): stop first (fill at the tick's price), then target (fill at the
-   target level), then the horizon (fill at the tick's price).
+1. A trade that entered before tick ``i`` checks its levels on the trigger side, the bid for
+   a long and the ask for a short. The stop comes first and fills at the tick's price, then
+   the target at its own level, then the horizon at the tick's price.
 2. Signals whose entry tick is ``i`` act in bar order. With no open trade, a signal opens
    one at the ask (long) or bid (short). With an open trade, an opposite signal among them
    closes it at the trigger-side price with reason ``signal`` and opens its own trade, and

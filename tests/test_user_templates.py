@@ -102,7 +102,8 @@ class TestExample:
         signals = {s.signal_key: compute_signals(s.family, s.params, context, templates) for s in strategies}
         first = signals[strategies[0].signal_key]
         assert first.dtype == np.int8
-        assert (first == 1).any() and (first == -1).any()
+        assert (first == 1).any()
+        assert (first == -1).any()
         trades = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0)
         assert len(trades) > 10
         assert set(trades.strategy_index.tolist()) <= set(range(len(strategies)))
