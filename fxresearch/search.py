@@ -29,7 +29,10 @@ RESULTS_DEPENDS = ("bars", "features", "labels", "patterns", "regimes", "split")
 
 
 def _results_spec(config: Config) -> str:
-    return section_hash(config.search, config.fills, config.costs, config.account)
+    from fxresearch.user_templates import templates_fingerprint
+
+    templates = templates_fingerprint(config.search.user_templates_dir) if config.search.user_templates_dir else ""
+    return section_hash(config.search, config.fills, config.costs, config.account, config.validation, templates)
 
 
 def search_light(parquet_path: str | Path, output_dir: str | Path, config: Config,
@@ -84,12 +87,13 @@ RESULT_ID_COLUMNS = {
 
 
 def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
-    from fxresearch.backtest import run_backtests
+    from fxresearch.backtest import EntryFilter, run_backtests
     from fxresearch.conversion import RateSources
     from fxresearch.costs import apply_spread_markup, spread_markup_for, trade_costs_and_pnl
     from fxresearch.fills import prepare_tick_arrays
     from fxresearch.metrics import strategy_metrics
     from fxresearch.strategies import SignalContext, compute_signals, generate_strategies
+    from fxresearch.user_templates import load_user_templates
 
     started = time.perf_counter()
     config = ctx.config
@@ -123,8 +127,10 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
         regimes_timeframe_min=config.regimes.timeframe_min,
         patterns_doc=patterns_doc,
     )
-    strategies = generate_strategies(search, context.available())
-    signals = {s.signal_key: compute_signals(s.family, s.params, context) for s in strategies}
+    # User templates are loaded here, in the pair's process: their functions cannot be pickled.
+    user_templates = load_user_templates(search.user_templates_dir) if search.user_templates_dir else {}
+    strategies = generate_strategies(search, context.available(), user_templates)
+    signals = {s.signal_key: compute_signals(s.family, s.params, context, user_templates) for s in strategies}
     logger.info("%s: %d strategies from %d signal sets on %d bars of %d minutes",
                 ctx.pair_year, len(strategies), len(signals), len(bars), timeframe_min)
 
@@ -135,7 +141,9 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
         bid, ask = apply_spread_markup(bid, ask, markup_pips, ctx.instrument.pip_size, ctx.instrument.point_size)
     arrays = prepare_tick_arrays(ticks.timestamp_ns, bid, ask, ctx.instrument, config.fills.max_gap_minutes)
     trades = run_backtests(arrays, bars, timeframe_min, strategies, signals, ctx.instrument,
-                           search.horizon_minutes, workers=workers)
+                           search.horizon_minutes, workers=workers, entry_filter=EntryFilter.from_search(search))
+    skips = trades.entry_skips.totals()
+    logger.info("%s: %d trades; signals skipped at entry: %s", ctx.pair_year, len(trades), skips)
 
     # Slippage and swap come off the pips every metric is computed from; commission is in USD.
     trade_frame = trades.to_frame()
@@ -177,13 +185,14 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     report_path = ctx.out_dir / f"{ctx.pair_year}_search_report.json"
     report.update({"pair_year": ctx.pair_year, "synthetic": ctx.is_synthetic, "n_strategies": len(strategies),
                    "n_trades": int(len(trades)), "split_ns": split_ns, "timeframe_min": timeframe_min,
-                   "pip_size": ctx.instrument.pip_size, "usd_rate_source": _pair_rate_source(costs)})
+                   "pip_size": ctx.instrument.pip_size, "usd_rate_source": _pair_rate_source(costs),
+                   "entry_skips": skips})
     artifacts.write_json_atomic(report_path, report)
 
     seconds = time.perf_counter() - started
     return {"files": [results_path.name, trades_path.name, report_path.name], "n_strategies": len(strategies),
             "n_trades": int(len(trades)), "seconds": seconds, "insufficient_data": None,
-            "pbo": report["pbo"]["value"], "effective_trials": report["effective_trials"]}
+            "pbo": report["pbo"]["value"], "effective_trials": report["effective_trials"], "entry_skips": skips}
 
 
 def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, ask: np.ndarray,
@@ -296,10 +305,13 @@ def strategy_metrics_columns() -> list[str]:
 
 
 def _empty_trades() -> pd.DataFrame:
-    from fxresearch.backtest import Trades
+    from fxresearch.backtest import TRADE_COLUMNS, Trades
+    from fxresearch.costs import RESULT_COLUMNS
 
-    empty = Trades(**{name: np.zeros(0, dtype=np.int64) for name in Trades.__dataclass_fields__})
+    empty = Trades(**{name: np.zeros(0, dtype=np.int64) for name in TRADE_COLUMNS})
     frame = empty.to_frame()
+    for name in RESULT_COLUMNS:
+        frame[name] = pd.Series(dtype="object" if name == "usd_rate_source" else "float64")
     frame.insert(0, "strategy_id", pd.Series(dtype="object"))
     frame["in_sample"] = pd.Series(dtype="bool")
     return frame

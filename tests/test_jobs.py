@@ -203,3 +203,25 @@ def test_real_short_file_writes_empty_tables_with_reasons(tmp_path):
     assert list(regimes.columns) == ["timestamp", "regime_id", "regime_name"]
     # Every output records the pip size it used: 0.01 for a JPY-quoted pair.
     assert artifacts.read_metadata(tmp_path / "USDJPY_2013" / "bars" / "M1.parquet")["pip_size"] == "0.01"
+
+
+def test_search_runs_user_template_folder(sample_file, tmp_path):
+    folder = Path(__file__).resolve().parents[1] / "examples" / "templates"
+    search = replace(SMALL_SEARCH, user_templates_dir=str(folder))
+    config = replace(Config(), search=search)
+    search_light(sample_file, tmp_path, config)
+
+    results = pd.read_parquet(tmp_path / "EURUSD_2025" / "EURUSD_2025_backtest_results.parquet")
+    assert "momentum_breakout" in set(results["family"])
+    user_rows = results[results["family"] == "momentum_breakout"]
+    assert len(user_rows) == 6 * len(SMALL_SEARCH.sl_tp_sets)
+    assert user_rows["n_trades_is"].sum() > 0
+
+    # Editing the template file makes the stored result stale.
+    assert search_light(sample_file, tmp_path, config)["message"].startswith("results reused")
+    copy = tmp_path / "templates"
+    shutil.copytree(folder, copy)
+    config = replace(Config(), search=replace(search, user_templates_dir=str(copy)))
+    search_light(sample_file, tmp_path, config)
+    (copy / "momentum_breakout.py").write_text((copy / "momentum_breakout.py").read_text() + "\n# edited\n")
+    assert "reused" not in search_light(sample_file, tmp_path, config)["message"]
