@@ -61,8 +61,9 @@ def search_light(parquet_path: str | Path, output_dir: str | Path, config: Confi
         extra = _build_results(ctx, workers)
         ctx.manifest.record(RESULTS_STAGE, extra.pop("files"), ctx.fingerprint, config_hash, depends, **extra)
         ctx.manifest.save()
-        message = (f"{extra['n_strategies']} strategies, {extra['n_trades']} trades "
-                   f"in {extra['seconds']:.1f}s")
+        message = f"{extra['n_strategies']} strategies, {extra['n_trades']} trades in {extra['seconds']:.1f}s"
+        if extra.get("pbo") is not None:
+            message += f", PBO {extra['pbo']:.2f}"
     if built_base:
         message = "built base first; " + message
     seconds = time.perf_counter() - started
