@@ -57,6 +57,12 @@ class SplitConfig:
 
     train_fraction: float = 0.7
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ConfigError(
+                f"[split] train_fraction = {self.train_fraction} must be between 0 and 1 "
+                f"(exclusive), e.g. 0.7, so both the training part and the holdout have data")
+
 
 @dataclass(frozen=True)
 class FillConfig:
@@ -198,12 +204,14 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class InstrumentSpec:
-    """One instrument: pip size in price units, price decimals, base and quote currency."""
+    """One instrument: pip size in price units, price decimals, currencies and contract size."""
 
     pip_size: float
     price_precision: int
     base: str
     quote: str
+    # Units of the base (currency or troy ounces) in one lot.
+    lot_units: float = 100_000.0
 
 
 # Swap rates in pips per lot per night; negative means the holder pays. These are illustrative
@@ -227,8 +235,8 @@ class CostsConfig:
     swap table is charged no swap.
     """
 
+    # One lot is the instrument's contract size (InstrumentSpec.lot_units).
     commission_per_lot_per_side_usd: float = 3.5
-    lot_units: float = 100_000.0
     # Adverse slippage on market fills: every entry and every exit except a take-profit.
     slippage_pips: float = 0.0
     # Per symbol: widen each tick's spread by this many pips, half on each side of the mid.
@@ -243,8 +251,6 @@ class CostsConfig:
         for name in ("commission_per_lot_per_side_usd", "slippage_pips"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"[costs] {name} = {getattr(self, name)} is negative; set 0 or more")
-        if self.lot_units <= 0:
-            raise ConfigError(f"[costs] lot_units = {self.lot_units} must be positive, e.g. 100000")
         for symbol, pips in self.spread_markup_pips.items():
             if pips < 0:
                 raise ConfigError(f"[costs.spread_markup_pips] {symbol} = {pips} is negative; set 0 or more")
@@ -258,8 +264,9 @@ class AccountConfig:
     """
 
     currency: str = "USD"
-    # Units of the base currency per trade; 100000 is one standard lot.
-    units: float = 100_000.0
+    # Trade size in lots. A lot is the instrument's contract size: 100,000 units of the base
+    # currency for currency pairs, 100 troy ounces for gold, 5,000 for silver.
+    lots: float = 1.0
     # USD value of one unit of a currency, keyed by its code (e.g. JPY = 0.0067). Used only
     # when no tick file of that currency's USD pair is in the input folder; flagged "fixed".
     fixed_rates: dict[str, float] = field(default_factory=dict)
@@ -272,8 +279,8 @@ class AccountConfig:
                 f"[account] currency = {self.currency!r} is not supported; only \"USD\" is. "
                 f"Remove the key or set it to \"USD\"."
             )
-        if self.units <= 0:
-            raise ConfigError(f"[account] units = {self.units} must be positive, e.g. 100000 for one lot")
+        if self.lots <= 0:
+            raise ConfigError(f"[account] lots = {self.lots} must be positive, e.g. 1.0")
         if self.max_rate_age_hours <= 0:
             raise ConfigError(f"[account] max_rate_age_hours = {self.max_rate_age_hours} must be positive")
         for code, rate in self.fixed_rates.items():

@@ -311,10 +311,12 @@ def trade_costs_and_pnl(trades: pd.DataFrame, instrument: Instrument, costs: Cos
 
     # The quote currency's USD value at the exit fill converts both the price P&L and the swap.
     rate, source = quote_rates_by_trade(instrument, exit_time_ns, exit_net, rate_sources)
-    commission = np.full(len(side), commission_usd(1, account.units, costs.commission_per_lot_per_side_usd,
-                                                   costs.lot_units))
-    pip_value_usd = account.units * pip_size * rate
-    pnl = pnl_usd(account.units, entry_net, exit_net, side, rate) + swap * pip_value_usd - commission
+    # A lot is the instrument's contract size: 100,000 units of a currency, 100 oz of gold.
+    units = account.lots * instrument.lot_units
+    commission = np.full(len(side), commission_usd(1, units, costs.commission_per_lot_per_side_usd,
+                                                   instrument.lot_units))
+    pip_value_usd = units * pip_size * rate
+    pnl = pnl_usd(units, entry_net, exit_net, side, rate) + swap * pip_value_usd - commission
 
     return pd.DataFrame({
         "entry_price_net": entry_net,

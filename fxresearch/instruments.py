@@ -2,7 +2,8 @@
 
 Pip sizes: 0.0001 for most currency pairs and 0.01 for JPY-quoted pairs. Metals have no
 universal pip, so this table states its choice: XAU 0.01 (one cent of a troy ounce) and
-XAG 0.001. Every output records the pip size it used. Add a symbol with an
+XAG 0.001. Every output records the pip size it used. A lot is 100,000 units of the base
+currency, 100 troy ounces of gold (XAU) and 5,000 of silver (XAG). Add a symbol with an
 ``[instruments.SYMBOL]`` table in the TOML configuration.
 """
 
@@ -14,7 +15,8 @@ from fxresearch.config import Config, InstrumentSpec
 
 _CURRENCIES = ("EUR", "GBP", "AUD", "NZD", "USD", "CAD", "CHF", "JPY", "NOK", "SEK", "SGD", "HKD",
                "MXN", "ZAR", "TRY", "PLN", "CZK", "HUF", "DKK", "CNH")
-_METALS = {"XAU": (0.01, 2), "XAG": (0.001, 3), "XPT": (0.01, 2), "XPD": (0.01, 2)}
+# Metal: (pip size, price decimals, troy ounces per lot).
+_METALS = {"XAU": (0.01, 2, 100.0), "XAG": (0.001, 3, 5_000.0), "XPT": (0.01, 2, 100.0), "XPD": (0.01, 2, 100.0)}
 
 
 class UnknownInstrumentError(ValueError):
@@ -30,6 +32,8 @@ class Instrument:
     price_precision: int
     base: str
     quote: str
+    # Units of the base (currency or troy ounces) in one lot.
+    lot_units: float = 100_000.0
 
     @property
     def point_size(self) -> float:
@@ -52,9 +56,9 @@ def _builtin_table() -> dict[str, InstrumentSpec]:
                 table[base + quote] = InstrumentSpec(0.01, 3, base, quote)
             else:
                 table[base + quote] = InstrumentSpec(0.0001, 5, base, quote)
-    for metal, (pip, precision) in _METALS.items():
+    for metal, (pip, precision, ounces) in _METALS.items():
         for quote in ("USD", "EUR", "GBP", "AUD", "CHF", "JPY"):
-            table[metal + quote] = InstrumentSpec(pip, precision, metal, quote)
+            table[metal + quote] = InstrumentSpec(pip, precision, metal, quote, ounces)
     return table
 
 
@@ -72,4 +76,4 @@ def get_instrument(symbol: str, config: Config | None = None) -> Instrument:
             f"[instruments.{symbol}] with pip_size, price_precision, base and quote, "
             f"and pass the file with --config."
         )
-    return Instrument(symbol, spec.pip_size, spec.price_precision, spec.base, spec.quote)
+    return Instrument(symbol, spec.pip_size, spec.price_precision, spec.base, spec.quote, spec.lot_units)

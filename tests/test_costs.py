@@ -361,7 +361,7 @@ class TestCostsConfig:
             "[costs.swap_long_pips_per_night]\n"
             "EURUSD = -0.5\n"
             "[account]\n"
-            "units = 250000\n"
+            "lots = 2.5\n"
             "[account.fixed_rates]\n"
             "JPY = 0.0067\n"
         )
@@ -372,7 +372,7 @@ class TestCostsConfig:
         assert isinstance(config.costs.spread_markup_pips["GBPJPY"], float)
         assert config.costs.swap_long_pips_per_night == {"EURUSD": -0.5}
         assert config.costs.swap_short_pips_per_night["EURUSD"] == 0.2
-        assert config.account.units == 250_000.0
+        assert config.account.lots == 2.5
         assert config.account.fixed_rates == {"JPY": 0.0067}
 
     def test_non_numeric_table_value_rejected(self, tmp_path: Path):
@@ -394,3 +394,18 @@ class TestCostsConfig:
     def test_fixed_rate_key_must_be_currency_code(self):
         with pytest.raises(ConfigError, match="currency code"):
             AccountConfig(fixed_rates={"JPYUSD": 0.0067})
+
+
+def test_gold_lot_is_one_hundred_ounces():
+    from fxresearch.config import AccountConfig, CostsConfig
+    from fxresearch.conversion import RateSources
+    from fxresearch.costs import trade_costs_and_pnl
+    from fxresearch.instruments import get_instrument
+
+    trades = pd.DataFrame({"side": [1], "entry_time": [1_700_000_000_000_000_000],
+                           "exit_time": [1_700_000_600_000_000_000], "entry_price": [2000.50],
+                           "exit_price": [2000.15], "reason": ["stop_loss"]})
+    out = trade_costs_and_pnl(trades, get_instrument("XAUUSD"), CostsConfig(), AccountConfig(), RateSources.empty())
+    assert out["pips_gross"].iloc[0] == pytest.approx(-35.0)
+    assert out["commission_usd"].iloc[0] == pytest.approx(7.0)
+    assert out["pnl_usd"].iloc[0] == pytest.approx(-42.0)

@@ -47,6 +47,8 @@ quote = "EUR"
     ("[split]\ntrain_fraction = [0.7]\n", "must be a number"),
     ("[labels]\ngrid = [[10, 10]]\n", "needs 3 values"),
     ("[labels\n", "Invalid TOML"),
+    ("[split]\ntrain_fraction = 1.5\n", "must be between 0 and 1"),
+    ("[split]\ntrain_fraction = 0\n", "must be between 0 and 1"),
 ])
 def test_config_errors_name_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"
