@@ -148,10 +148,10 @@ def strategy_metrics(trades: Trades, n_strategies: int, split_ns: int,
     metrics["avg_holding_minutes"] = _group_mean(group, holding_minutes, n_trades)
     metrics["exposure"] = _exposure(group, entry_time_ns, exit_time_ns, n_groups, split_ns, tick_timestamp_ns)
 
-    reason_counts = np.bincount(group * len(TRADE_REASONS) + reason,
-                                minlength=n_groups * len(TRADE_REASONS)).reshape(n_groups, len(TRADE_REASONS))
+    reason_counts = _group_count(group * len(TRADE_REASONS) + reason,
+                                 n_groups * len(TRADE_REASONS)).reshape(n_groups, len(TRADE_REASONS))
     for code, name in enumerate(TRADE_REASONS):
-        metrics[f"n_{name}"] = reason_counts[:, code].astype(np.int64)
+        metrics[f"n_{name}"] = reason_counts[:, code]
 
     columns: dict[str, np.ndarray] = {"strategy_index": np.arange(n_strategies, dtype=np.int64)}
     for offset, suffix in enumerate(PERIOD_SUFFIXES):
@@ -207,12 +207,12 @@ def _checked_stop_loss(stop_loss_pips: np.ndarray, n_strategies: int) -> np.ndar
 
 def _pips_metrics(group: np.ndarray, pips: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
     """Return the metrics that depend on each group's pips only, ignoring their order."""
-    n_trades = np.bincount(group, minlength=n_groups)
-    total_pips = np.bincount(group, weights=pips, minlength=n_groups)
-    n_wins = np.bincount(group, weights=(pips > 0).astype(np.float64), minlength=n_groups)
-    n_losses = np.bincount(group, weights=(pips < 0).astype(np.float64), minlength=n_groups)
-    gross_profit = np.bincount(group, weights=np.clip(pips, 0.0, None), minlength=n_groups)
-    gross_loss = np.bincount(group, weights=np.clip(-pips, 0.0, None), minlength=n_groups)
+    n_trades = _group_count(group, n_groups)
+    total_pips = _group_sum(group, pips, n_groups)
+    n_wins = _group_sum(group, (pips > 0).astype(np.float64), n_groups)
+    n_losses = _group_sum(group, (pips < 0).astype(np.float64), n_groups)
+    gross_profit = _group_sum(group, np.clip(pips, 0.0, None), n_groups)
+    gross_loss = _group_sum(group, np.clip(-pips, 0.0, None), n_groups)
 
     has_trades = n_trades > 0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -224,7 +224,7 @@ def _pips_metrics(group: np.ndarray, pips: np.ndarray, n_groups: int) -> dict[st
         avg_win = np.where(n_wins > 0, gross_profit / n_wins, np.nan)
         avg_loss = np.where(n_losses > 0, -gross_loss / n_losses, np.nan)
     return {
-        "n_trades": n_trades.astype(np.int64),
+        "n_trades": n_trades,
         "win_rate": win_rate,
         "profit_factor": np.where(has_trades, profit_factor, np.nan),
         "total_pips": total_pips,
@@ -234,9 +234,23 @@ def _pips_metrics(group: np.ndarray, pips: np.ndarray, n_groups: int) -> dict[st
     }
 
 
+def _group_count(group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Return the int64 number of elements in each of ``n_groups`` groups."""
+    return np.bincount(group, minlength=n_groups).astype(np.int64, copy=False)
+
+
+def _group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Return the float64 sum of ``values`` in each of ``n_groups`` groups, 0 for an empty group.
+
+    ``np.bincount`` with weights returns int64 when ``group`` is empty (numpy 2.3), which
+    breaks in-place float arithmetic later, so the result is always cast to float64.
+    """
+    return np.bincount(group, weights=values, minlength=n_groups).astype(np.float64, copy=False)
+
+
 def _group_mean(group: np.ndarray, values: np.ndarray, n_trades: np.ndarray) -> np.ndarray:
     """Mean of ``values`` per group, NaN for groups without trades."""
-    total = np.bincount(group, weights=values, minlength=len(n_trades))
+    total = _group_sum(group, values, len(n_trades))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(n_trades > 0, total / n_trades, np.nan)
 
@@ -280,16 +294,16 @@ def _daily_sharpe(group: np.ndarray, pips: np.ndarray, exit_time_ns: np.ndarray,
     in_period_days = np.where(
         day_group % 2 == 0, np.isin(day, period_days[0]), np.isin(day, period_days[1])
     )
-    extra_days = np.bincount(day_group, weights=(~in_period_days).astype(np.float64), minlength=n_groups)
-    n_exit_days = np.bincount(day_group, minlength=n_groups)
+    extra_days = _group_count(day_group[~in_period_days], n_groups)
+    n_exit_days = _group_count(day_group, n_groups)
     base_days = np.tile([len(period_days[0]), len(period_days[1])], n_groups // 2)
     n_days = base_days + extra_days
 
-    total = np.bincount(day_group, weights=day_pips, minlength=n_groups)
+    total = _group_sum(day_group, day_pips, n_groups)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(n_days > 0, total / n_days, np.nan)
         # Squared deviations of the days with exits plus those of the zero days.
-        squares = np.bincount(day_group, weights=(day_pips - mean[day_group]) ** 2, minlength=n_groups)
+        squares = _group_sum(day_group, (day_pips - mean[day_group]) ** 2, n_groups)
         squares += (n_days - n_exit_days) * mean ** 2
         std = np.sqrt(squares / (n_days - 1))
         sharpe = mean / std * np.sqrt(TRADING_DAYS_PER_YEAR)

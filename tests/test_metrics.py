@@ -367,3 +367,59 @@ def test_many_strategies_fast():
     assert metrics.n_trades_is.sum() + metrics.n_trades_oos.sum() == n
     assert metrics.sharpe_is.notna().all()
     assert seconds < 15.0
+
+
+class TestWithoutTrades:
+    """Zero trades in total or in one period, as after a tight entry filter."""
+
+    def test_no_trades_at_all(self):
+        ticks = _weekday_noons("2024-01-08", 45)
+        metrics = strategy_metrics(_trades([], [], []), 3, int(ticks[25]), ticks,
+                                   stop_loss_pips=np.array([10.0, 20.0, np.nan]))
+        assert len(metrics) == 3
+        for suffix in PERIOD_SUFFIXES:
+            assert metrics[f"n_trades{suffix}"].tolist() == [0, 0, 0]
+            assert metrics[f"total_pips{suffix}"].tolist() == [0.0, 0.0, 0.0]
+            assert metrics[f"exposure{suffix}"].tolist() == [0.0, 0.0, 0.0]
+            for name in ("win_rate", "profit_factor", "expectancy_pips", "sharpe", "max_drawdown_pips",
+                         "avg_win_pips", "avg_loss_pips", "avg_r_multiple", "avg_holding_minutes"):
+                assert metrics[name + suffix].isna().all(), name + suffix
+            for reason in TRADE_REASONS:
+                assert metrics[f"n_{reason}{suffix}"].tolist() == [0, 0, 0], reason
+
+    def test_no_trades_keeps_dtypes(self):
+        ticks = _weekday_noons("2024-01-08", 45)
+        metrics = strategy_metrics(_trades([], [], []), 2, int(ticks[25]), ticks)
+        for name in metrics.columns:
+            is_count = name == "strategy_index" or name.startswith("n_")
+            assert metrics[name].dtype == (np.int64 if is_count else np.float64), name
+
+    def test_trades_only_in_sample(self):
+        ticks = _weekday_noons("2024-01-08", 45)
+        split_ns = int(ticks[25] - NS_PER_HOUR)
+        trades = _trades([0, 0, 1], [10.0, -4.0, 6.0], ticks[[2, 5, 7]])
+        metrics = strategy_metrics(trades, 2, split_ns, ticks, stop_loss_pips=np.array([10.0, 20.0]))
+        assert metrics.n_trades_is.tolist() == [2, 1]
+        assert metrics.total_pips_is.tolist() == [6.0, 6.0]
+        assert metrics.avg_r_multiple_is.tolist() == pytest.approx([0.3, 0.3])
+        daily = np.zeros(25)
+        daily[[2, 5]] = [10.0, -4.0]
+        expected = daily.mean() / daily.std(ddof=1) * np.sqrt(260)
+        assert metrics.sharpe_is.iloc[0] == pytest.approx(expected, rel=1e-12)
+        assert metrics.n_trades_oos.tolist() == [0, 0]
+        assert metrics.total_pips_oos.tolist() == [0.0, 0.0]
+        assert metrics.exposure_oos.tolist() == [0.0, 0.0]
+        assert metrics.sharpe_oos.isna().all()
+        assert metrics.max_drawdown_pips_oos.isna().all()
+        assert metrics.avg_holding_minutes_oos.isna().all()
+
+    def test_trades_only_out_of_sample(self):
+        ticks = _weekday_noons("2024-01-08", 45)
+        split_ns = int(ticks[25] - NS_PER_HOUR)
+        trades = _trades([1, 1], [3.0, -1.0], ticks[[30, 31]])
+        metrics = strategy_metrics(trades, 2, split_ns, ticks)
+        assert metrics.n_trades_is.tolist() == [0, 0]
+        assert metrics.n_trades_oos.tolist() == [0, 2]
+        assert metrics.total_pips_oos.tolist() == [0.0, 2.0]
+        assert metrics.sharpe_is.isna().all()
+        assert metrics.avg_holding_minutes_oos.iloc[1] == 60.0
