@@ -195,38 +195,60 @@ def _build_ticks_report(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
     return [path.name], {"rows_kept": int(report["rows_kept"]), "pip_size": ctx.instrument.pip_size}
 
 
+# A day-count split whose share of ticks misses the train fraction by more than this is
+# replaced, because partial trading days (short files) make day counts a poor measure.
+SPLIT_TICK_SHARE_TOLERANCE = 0.15
+
+
 def compute_split_ns(timestamp_ns: np.ndarray, train_fraction: float) -> tuple[int, dict[str, Any]]:
     """Return the train/holdout split time and how it was chosen.
 
     The split falls at the start of the first holdout trading day (17:00 New York to 17:00),
-    after ``train_fraction`` of the days that have ticks. A file with a single trading day
-    is split in time instead, at ``train_fraction`` of its span, so it still has a holdout.
+    after ``train_fraction`` of the days that have ticks. Short files often hold partial
+    days, so a day count can put 98 % of the ticks in training. When the training share of
+    ticks misses ``train_fraction`` by more than ``SPLIT_TICK_SHARE_TOLERANCE``, the split
+    moves to the day start closest to that share of ticks, and when no day start is close
+    enough (one or two trading days), to the tick at that share, inside a day.
     """
+    timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64)
+    n_ticks = len(timestamp_ns)
     days = trading_day_ns(timestamp_ns)
     unique_days, first_index = np.unique(days, return_index=True)
     n_days = len(unique_days)
+
+    split_index, rule = None, ""
     if n_days >= 2:
         train_days = min(n_days - 1, max(1, int(round(train_fraction * n_days))))
-        split_ns = int(timestamp_ns[first_index[train_days]])
-        rule = f"start of trading day {train_days + 1} of {n_days}"
-    else:
-        train_days = n_days
-        start, end = int(timestamp_ns[0]), int(timestamp_ns[-1])
-        split_ns = start + int((end - start) * train_fraction)
-        rule = f"{train_fraction:.0%} of the time span (only one trading day)"
+        if abs(first_index[train_days] / n_ticks - train_fraction) <= SPLIT_TICK_SHARE_TOLERANCE:
+            split_index = int(first_index[train_days])
+            rule = f"start of trading day {train_days + 1} of {n_days}"
+        else:
+            shares = first_index[1:] / n_ticks
+            closest = int(np.argmin(np.abs(shares - train_fraction)))
+            if abs(shares[closest] - train_fraction) <= SPLIT_TICK_SHARE_TOLERANCE:
+                split_index = int(first_index[closest + 1])
+                rule = (f"start of trading day {closest + 2} of {n_days}, the day start closest to "
+                        f"{train_fraction:.0%} of the ticks (the file has partial days)")
+    if split_index is None:
+        split_index = min(n_ticks - 1, max(1, int(train_fraction * n_ticks)))
+        rule = f"the tick at {train_fraction:.0%} of the ticks, inside a trading day (no day start is near it)"
+    split_ns = int(timestamp_ns[split_index])
+
     return split_ns, {
         "split_ns": split_ns,
         "split_time": ns_to_datetime(np.array([split_ns]))[0].isoformat(),
         "trading_days": int(n_days),
-        "train_days": int(train_days),
-        "holdout_days": int(n_days - train_days),
+        "train_days": int(len(np.unique(days[:split_index]))),
+        "holdout_days": int(len(np.unique(days[split_index:]))),
+        "train_tick_share": round(split_index / n_ticks, 4),
         "rule": rule,
     }
 
 
 def _build_split(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
     _, details = compute_split_ns(ctx.ticks.timestamp_ns, ctx.config.split.train_fraction)
-    logger.info("%s: train/holdout split at %s (%s)", ctx.pair_year, details["split_time"], details["rule"])
+    log = logger.warning if "inside a trading day" in details["rule"] else logger.info
+    log("%s: train/holdout split at %s, %s", ctx.pair_year, details["split_time"], details["rule"])
     return [], details
 
 

@@ -176,11 +176,23 @@ def test_split_after_seventy_percent_of_trading_days():
     assert pd.Timestamp(split_ns, tz="UTC").hour == 22
 
 
-def test_split_of_single_day_file_is_in_time():
+def test_split_of_single_day_file_is_inside_the_day():
     timestamp_ns = pd.date_range("2013-01-01 22:00", periods=35, freq="min", tz="UTC").as_unit("ns").asi8
     split_ns, details = compute_split_ns(timestamp_ns, 0.7)
     assert details["trading_days"] == 1
-    assert split_ns == timestamp_ns[0] + int((timestamp_ns[-1] - timestamp_ns[0]) * 0.7)
+    assert split_ns == timestamp_ns[int(0.7 * 35)]
+    assert details["train_days"] == 1
+    assert details["holdout_days"] == 1
+
+
+def test_split_of_partial_days_follows_tick_share():
+    # A 5-hour Monday, a full Tuesday, a 19-hour Wednesday, as in the Dukascopy sample: by
+    # day count the holdout would be the Wednesday alone, about 40 % of the ticks.
+    times = pd.date_range("2019-02-04 00:00", "2019-02-05 23:59", freq="min", tz="UTC").as_unit("ns").asi8
+    split_ns, details = compute_split_ns(times, 0.7)
+    share = details["train_tick_share"]
+    assert abs(share - 0.7) <= 0.15
+    assert (times < split_ns).mean() == pytest.approx(share, abs=1e-3)
 
 
 def test_real_short_file_writes_empty_tables_with_reasons(tmp_path):
