@@ -63,18 +63,12 @@ def search_light(parquet_path: str | Path, output_dir: str | Path, config: Confi
         ctx.manifest.save()
         message = f"{extra['n_strategies']} strategies, {extra['n_trades']} trades in {extra['seconds']:.1f}s"
         if extra.get("pbo") is not None:
-            message += f", PBO {extra['pbo']:.2f}"
+            message += f", probability of backtest overfitting {extra['pbo']:.2f}"
     if built_base:
         message = "built base first; " + message
     seconds = time.perf_counter() - started
     logger.info("%s: search-light done in %.1fs (%s)", ctx.pair_year, seconds, message)
     return {"pair_year": ctx.pair_year, "synthetic": ctx.is_synthetic, "seconds": seconds, "message": message}
-
-
-def _empty_results(metric_columns: list[str]) -> pd.DataFrame:
-    columns = {name: pd.Series(dtype=dtype) for name, dtype in RESULT_ID_COLUMNS.items()}
-    columns.update({name: pd.Series(dtype="float64") for name in metric_columns})
-    return pd.DataFrame(columns)
 
 
 RESULT_ID_COLUMNS = {
@@ -85,6 +79,51 @@ RESULT_ID_COLUMNS = {
     "take_profit_pips": "float64",
     "timeframe_min": "int64",
 }
+# Columns after the per-trade metrics: daily ratios per period, ranking, USD, pair facts.
+RESULT_TAIL_COLUMNS = {
+    "sortino_is": "float64", "calmar_is": "float64", "n_days_is": "int64",
+    "sortino_oos": "float64", "calmar_oos": "float64", "n_days_oos": "int64",
+    "score": "float64", "rank": "int64", "trial_cluster": "int64",
+    "pnl_usd_is": "float64", "pnl_usd_oos": "float64",
+    "pip_size": "float64", "usd_rate_source": "object",
+}
+# Results are ranked by the first of these with a finite value for some strategy; all are
+# in-sample figures, so the holdout never decides the order.
+RANKING_KEYS = ("score", "sharpe_is", "total_pips_is")
+
+
+def result_columns() -> dict[str, str]:
+    """Return every column of the results table, in order, with its dtype."""
+    from fxresearch.metrics import METRIC_NAMES, PERIOD_SUFFIXES
+
+    columns = dict(RESULT_ID_COLUMNS)
+    for suffix in PERIOD_SUFFIXES:
+        for name in METRIC_NAMES:
+            columns[f"{name}{suffix}"] = "int64" if name.startswith("n_") else "float64"
+    columns.update(RESULT_TAIL_COLUMNS)
+    return columns
+
+
+def _empty_results() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in result_columns().items()})
+
+
+def rank_results(results: pd.DataFrame) -> tuple[np.ndarray, dict[str, str]]:
+    """Return each strategy's rank (1 is best) and how the ranking was made.
+
+    The ranking uses the deflated Sharpe score. Where no strategy has one (fewer than 20
+    in-sample days or 30 trades in a period), it falls back to the in-sample daily Sharpe
+    ratio, then to in-sample total pips, and says so.
+    """
+    by = next((key for key in RANKING_KEYS if np.isfinite(results[key].to_numpy(np.float64)).any()),
+              RANKING_KEYS[-1])
+    keys = list(RANKING_KEYS[RANKING_KEYS.index(by):])
+    order = results.sort_values(keys, ascending=False, na_position="last", kind="stable").index.to_numpy()
+    rank = np.empty(len(results), dtype=np.int64)
+    rank[order] = np.arange(1, len(results) + 1)
+    reason = "" if by == "score" else (
+        "no strategy has a score: it needs 20+ in-sample days and 30+ trades in each period")
+    return rank, {"by": by, "then": ", ".join(keys[1:]), "reason": reason}
 
 
 def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
@@ -111,8 +150,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     if len(bars) < search.min_bars:
         reason = f"{len(bars)} bars of {timeframe_min} minutes is fewer than search.min_bars = {search.min_bars}"
         logger.warning("%s: no strategy search: %s", ctx.pair_year, reason)
-        empty_metrics = strategy_metrics_columns()
-        artifacts.write_frame(results_path, _empty_results(empty_metrics), metadata)
+        artifacts.write_frame(results_path, _empty_results(), metadata)
         artifacts.write_frame(trades_path, _empty_trades(), metadata)
         return {"files": [results_path.name, trades_path.name], "n_strategies": 0, "n_trades": 0,
                 "seconds": time.perf_counter() - started, "insufficient_data": reason}
@@ -171,15 +209,23 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     results = pd.concat([results, metrics, usd], axis=1)
     results["pip_size"] = ctx.instrument.pip_size
     results["usd_rate_source"] = _pair_rate_source(costs)
+    results["rank"], ranking = rank_results(results)
+    if ranking["reason"]:
+        logger.warning("%s: ranked by %s: %s", ctx.pair_year, ranking["by"], ranking["reason"])
+    report["ranking"] = ranking
+    results = results[list(result_columns())]
     artifacts.write_frame(results_path, results, metadata)
 
-    # The trades of the top strategies by score, then in-sample Sharpe; out-of-sample figures
-    # are shown beside them, never used to choose.
-    order = results.sort_values(["score", "sharpe_is"], ascending=False, na_position="last", kind="stable")
-    top = order.index.to_numpy()[: search.top_n_trades]
+    # The trades of the top-ranked strategies; out-of-sample figures are shown beside the
+    # rank, never used to choose. Gross pips are ``pips_gross``; ``pips_net`` is what the
+    # metrics use (after slippage and swap).
+    top = np.flatnonzero(results["rank"].to_numpy() <= search.top_n_trades)
     in_top = np.isin(trades.strategy_index, top)
-    top_trades = pd.concat([trade_frame[in_top].reset_index(drop=True), costs[in_top].reset_index(drop=True)], axis=1)
-    top_trades.insert(0, "strategy_id", results["strategy_id"].to_numpy()[top_trades["strategy_index"].to_numpy()])
+    top_trades = pd.concat([trade_frame[in_top].drop(columns=["pips"]).reset_index(drop=True),
+                            costs[in_top].reset_index(drop=True)], axis=1)
+    strategy_index = top_trades["strategy_index"].to_numpy()
+    top_trades.insert(0, "strategy_id", results["strategy_id"].to_numpy()[strategy_index])
+    top_trades.insert(1, "rank", results["rank"].to_numpy()[strategy_index])
     top_trades["in_sample"] = top_trades["entry_time"].to_numpy() < split_ns
     artifacts.write_frame(trades_path, top_trades, metadata)
 
@@ -245,7 +291,9 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     report: dict[str, Any] = {
         "in_sample_days": int(in_sample.sum()),
         "holdout_days": int((~in_sample).sum()),
-        "lockbox": "the holdout after the split; no selection, score or fold sees it",
+        "lockbox": ("the holdout after the split: the score, the walk-forward folds and PBO use "
+                    "in-sample days only; a trade entered before the split counts in-sample "
+                    "even when it exits after it"),
         "trials_tried": n_strategies,
         "effective_trials": int(trials.n_effective),
         "flat_strategies": int(trials.n_flat),
@@ -298,21 +346,15 @@ def _pair_rate_source(costs: pd.DataFrame) -> str:
     return "+".join(sources) if sources else ""
 
 
-def strategy_metrics_columns() -> list[str]:
-    """Return the metric column names of the results table, ``_is`` then ``_oos``."""
-    from fxresearch.metrics import METRIC_NAMES
-
-    return [f"{name}_{part}" for part in ("is", "oos") for name in METRIC_NAMES]
-
-
 def _empty_trades() -> pd.DataFrame:
     from fxresearch.backtest import TRADE_COLUMNS, Trades
     from fxresearch.costs import RESULT_COLUMNS
 
     empty = Trades(**{name: np.zeros(0, dtype=np.int64) for name in TRADE_COLUMNS})
-    frame = empty.to_frame()
+    frame = empty.to_frame().drop(columns=["pips"])
     for name in RESULT_COLUMNS:
         frame[name] = pd.Series(dtype="object" if name == "usd_rate_source" else "float64")
     frame.insert(0, "strategy_id", pd.Series(dtype="object"))
+    frame.insert(1, "rank", pd.Series(dtype="int64"))
     frame["in_sample"] = pd.Series(dtype="bool")
     return frame

@@ -237,3 +237,40 @@ def test_search_runs_user_template_folder(sample_file, tmp_path):
     search_light(sample_file, tmp_path, config)
     (copy / "momentum_breakout.py").write_text((copy / "momentum_breakout.py").read_text() + "\n# edited\n")
     assert "reused" not in search_light(sample_file, tmp_path, config)["message"]
+
+
+def test_results_schema_same_when_empty(sample_file, tmp_path):
+    from fxresearch.search import result_columns
+
+    config = replace(Config(), search=SMALL_SEARCH)
+    search_light(sample_file, tmp_path / "full", config)
+    full = pd.read_parquet(tmp_path / "full" / "EURUSD_2025" / "EURUSD_2025_backtest_results.parquet")
+
+    # Too few bars for the search: the file is written with the same columns and no rows.
+    short = replace(config, search=replace(SMALL_SEARCH, min_bars=10**9))
+    search_light(sample_file, tmp_path / "empty", short)
+    empty = pd.read_parquet(tmp_path / "empty" / "EURUSD_2025" / "EURUSD_2025_backtest_results.parquet")
+
+    assert list(full.columns) == list(result_columns())
+    assert list(empty.columns) == list(full.columns)
+    assert len(empty) == 0
+    full_trades = pd.read_parquet(tmp_path / "full" / "EURUSD_2025" / "EURUSD_2025_top_trades.parquet")
+    empty_trades = pd.read_parquet(tmp_path / "empty" / "EURUSD_2025" / "EURUSD_2025_top_trades.parquet")
+    assert list(empty_trades.columns) == list(full_trades.columns)
+
+
+def test_rank_falls_back_without_scores():
+    from fxresearch.search import rank_results
+
+    results = pd.DataFrame({"score": [np.nan, np.nan, np.nan], "sharpe_is": [np.nan, np.nan, np.nan],
+                            "total_pips_is": [5.0, 30.0, -2.0]})
+    rank, ranking = rank_results(results)
+    assert list(rank) == [2, 1, 3]
+    assert ranking["by"] == "total_pips_is"
+    assert "no strategy has a score" in ranking["reason"]
+
+    results["score"] = [0.2, np.nan, 0.9]
+    rank, ranking = rank_results(results)
+    assert list(rank) == [2, 3, 1]
+    assert ranking["by"] == "score"
+    assert ranking["reason"] == ""
