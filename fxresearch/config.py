@@ -99,6 +99,15 @@ class LabelsConfig:
     # Each entry is (take_profit_pips, stop_loss_pips, horizon_minutes).
     grid: tuple[tuple[float, float, float], ...] = ((10.0, 10.0, 60.0), (20.0, 10.0, 120.0), (10.0, 20.0, 120.0))
     min_bars: int = 50
+    # A bar whose first tick after its close comes more than this many minutes later gets no
+    # entry (censored, like the search's late signals); 0 means no limit.
+    max_entry_delay_minutes: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.max_entry_delay_minutes >= 0:
+            raise ConfigError(
+                f"[labels] max_entry_delay_minutes = {self.max_entry_delay_minutes} must be 0 (no limit) or positive"
+            )
 
 
 @dataclass(frozen=True)

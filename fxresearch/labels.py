@@ -5,10 +5,17 @@ Market assumptions (the fill rules themselves are in ``fxresearch.fills``):
 
 - A bar's values are known at ``open + timeframe``; its trade enters at the first tick at or
   after that time, a long at the ask and a short at the bid.
+- A bar gets no entry when no tick follows its close (the last bar) or when the first one
+  comes more than ``labels.max_entry_delay_minutes`` after the close, the search's rule for
+  late signals. With the default of 30 minutes a Friday bar does not enter at the Sunday
+  open, nor a bar before a long data hole. A limit of 0 turns the rule off.
 - ``outcome`` is ``stop_loss``, ``take_profit`` or ``horizon``. It is ``censored`` when the
   trade met a data hole (``data_gap``), ran into the end of the data (``end_of_data``) or
-  had no tick to enter on (``no_entry``, always the last bar): the true outcome is unknown,
-  so ``pips`` is NaN. A censored row keeps the time and price of the last quote it saw.
+  had no entry (``no_entry``): the true outcome is unknown, so ``pips`` is NaN. A
+  ``data_gap`` or ``end_of_data`` row keeps the time and price of the last quote it saw. A
+  ``no_entry`` row has ``NAT_NS`` as ``entry_time`` and ``exit_time`` and NaN prices, even
+  when a late tick exists. Its outcome is never known, so a filter by cut-off must drop
+  ``NAT_NS`` rather than compare it (int64 min is before every time).
 - A label is known at its ``exit_time``, so a fit that may only use the past keeps the rows
   whose ``exit_time`` is before its cut-off. A ``data_gap`` outcome becomes known only when
   the tick after the hole arrives.
@@ -98,7 +105,8 @@ def build_labels(
     timeframe_min : int
         The bars' timeframe in minutes; a bar's trade enters at ``open + timeframe``.
     config : Config
-        Reads ``labels.grid``, ``labels.min_bars`` and ``fills.max_gap_minutes``.
+        Reads ``labels.grid``, ``labels.min_bars``, ``labels.max_entry_delay_minutes`` and
+        ``fills.max_gap_minutes``.
     instrument : Instrument
         Pip and point size.
     arrays : TickArrays, optional
@@ -136,6 +144,13 @@ def build_labels(
     bar_open_ns = _bar_open_ns(bars)
     signal_ns = bar_open_ns + timeframe_min * NS_PER_MINUTE
     entry_idx = np.searchsorted(arrays.timestamp_ns, signal_ns, side="left").astype(np.int64)
+    n_late = _drop_late_entries(entry_idx, signal_ns, arrays.timestamp_ns, config.labels.max_entry_delay_minutes)
+    if n_late:
+        logger.info(
+            "Labels for %s at %d minutes: %d bars get no entry because their first tick comes more than "
+            "labels.max_entry_delay_minutes = %g after the bar close",
+            instrument.symbol, timeframe_min, n_late, config.labels.max_entry_delay_minutes,
+        )
 
     # Shape (bar, grid entry, side), flattened in that order.
     n_bars, n_grid = len(bar_open_ns), len(grid)
@@ -178,6 +193,25 @@ def _check_inputs(bars: pd.DataFrame, timeframe_min: int, config: Config) -> np.
             f"stop_loss_pips and horizon_minutes must all be positive"
         )
     return grid
+
+
+def _drop_late_entries(entry_idx: np.ndarray, signal_ns: np.ndarray, timestamp_ns: np.ndarray,
+                       max_delay_minutes: float) -> int:
+    """Set ``entry_idx`` to ``len(timestamp_ns)`` (no entry) where the entry tick comes too late.
+
+    An entry is late when its tick comes more than ``max_delay_minutes`` after the bar close,
+    the rule the search applies to its signals. A limit of 0 keeps every entry. Returns the
+    number of bars changed; ``entry_idx`` is changed in place.
+    """
+    n_ticks = len(timestamp_ns)
+    if max_delay_minutes <= 0 or n_ticks == 0:
+        return 0
+    max_delay_ns = int(round(max_delay_minutes * NS_PER_MINUTE))
+    has_tick = entry_idx < n_ticks
+    entry_ns = timestamp_ns[np.minimum(entry_idx, n_ticks - 1)]
+    late = has_tick & (entry_ns - signal_ns > max_delay_ns)
+    entry_idx[late] = n_ticks
+    return int(late.sum())
 
 
 def _bar_open_ns(bars: pd.DataFrame) -> np.ndarray:

@@ -240,3 +240,85 @@ def test_labels_eurusd_2014_consistent():
     first_idx = np.searchsorted(timestamp_ns, entered["entry_time"].to_numpy(), side="left")
     long = entered["side"].to_numpy() == 1
     np.testing.assert_allclose(entered["entry_price"].to_numpy()[long], ask[first_idx[long]], atol=1e-9)
+
+
+def ticks_around_hole(hole_start: str, hole_end: str, hours_each_side: float = 5.0):
+    """Ticks every 10 s for ``hours_each_side`` hours before ``hole_start`` and after ``hole_end``,
+    with a gentle price oscillation that reaches no 10-pip level within two hours."""
+    start_ns = int(datetime_to_ns([hole_start])[0])
+    end_ns = int(datetime_to_ns([hole_end])[0])
+    side_ns = int(hours_each_side * 60 * NS_PER_MINUTE)
+    step_ns = 10 * 10**9
+    timestamp_ns = np.concatenate([
+        np.arange(start_ns - side_ns, start_ns, step_ns, dtype=np.int64) + step_ns // 2,
+        np.arange(end_ns, end_ns + side_ns, step_ns, dtype=np.int64) + step_ns // 2,
+    ])
+    bid = 1.38 + 2e-5 * np.sin(np.arange(len(timestamp_ns)) / 30.0)
+    return timestamp_ns, bid, bid + 1e-4
+
+
+def labels_around_hole(hole_start: str, hole_end: str, max_entry_delay_minutes: float):
+    timestamp_ns, bid, ask = ticks_around_hole(hole_start, hole_end)
+    config = replace(Config(), labels=LabelsConfig(max_entry_delay_minutes=max_entry_delay_minutes))
+    bars = minute_bars(timestamp_ns, TIMEFRAME_MIN)
+    table = labels.build_labels(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, config, EURUSD)
+    return timestamp_ns, table
+
+
+def rows_of_bar(table: pd.DataFrame, bar_open: str) -> pd.DataFrame:
+    return table[table["timestamp"] == int(datetime_to_ns([bar_open])[0])]
+
+
+def assert_no_entry(rows: pd.DataFrame) -> None:
+    assert len(rows) == len(Config().labels.grid) * 2
+    assert (rows["outcome"] == "censored").all()
+    assert (rows["entry_time"] == labels.NAT_NS).all()
+    assert (rows["exit_time"] == labels.NAT_NS).all()
+    assert rows["entry_price"].isna().all()
+    assert rows["exit_price"].isna().all()
+    assert rows["pips"].isna().all()
+
+
+def test_friday_close_bar_gets_no_entry():
+    # The week ends Friday 2 May 2014 at 21:00 UTC and the next starts Sunday 4 May at 21:00.
+    timestamp_ns, table = labels_around_hole("2014-05-02 21:00", "2014-05-04 21:00", 30.0)
+    assert_no_entry(rows_of_bar(table, "2014-05-02 20:55"))
+    # The bar before it closes at 20:55 with Friday ticks left, so it enters normally.
+    before = rows_of_bar(table, "2014-05-02 20:50")
+    assert (before["entry_time"] >= int(datetime_to_ns(["2014-05-02 20:55"])[0])).all()
+    assert (before["entry_time"] < int(datetime_to_ns(["2014-05-02 21:00"])[0])).all()
+    # Only that bar and the last bar have no entry.
+    no_entry = table.loc[table["entry_time"] == labels.NAT_NS, "timestamp"].unique()
+    assert len(no_entry) == 2
+
+
+def test_friday_close_enters_at_sunday_without_limit():
+    timestamp_ns, table = labels_around_hole("2014-05-02 21:00", "2014-05-04 21:00", 0.0)
+    rows = rows_of_bar(table, "2014-05-02 20:55")
+    sunday_open_ns = int(timestamp_ns[timestamp_ns >= int(datetime_to_ns(["2014-05-04 21:00"])[0])][0])
+    assert (rows["entry_time"] == sunday_open_ns).all()
+    assert rows["entry_price"].notna().all()
+
+
+def test_midweek_two_hour_hole_gets_no_entry():
+    # Wednesday 7 May 2014, no ticks from 10:00 to 12:00 UTC.
+    timestamp_ns, table = labels_around_hole("2014-05-07 10:00", "2014-05-07 12:00", 30.0)
+    assert_no_entry(rows_of_bar(table, "2014-05-07 09:55"))
+    after = rows_of_bar(table, "2014-05-07 12:00")
+    assert (after["entry_time"] != labels.NAT_NS).all()
+    assert (after["outcome"] != "censored").all()
+
+
+def test_entry_delay_at_limit_allowed():
+    # The 09:55 bar closes at 10:00 and the first tick after the hole is at 10:30:05, a delay of
+    # 30 min 5 s: within a 30.5-minute limit and beyond a 30-minute one.
+    _, table = labels_around_hole("2014-05-07 10:00", "2014-05-07 10:30", 30.5)
+    rows = rows_of_bar(table, "2014-05-07 09:55")
+    assert (rows["entry_time"] == int(datetime_to_ns(["2014-05-07 10:30:05"])[0])).all()
+    _, table = labels_around_hole("2014-05-07 10:00", "2014-05-07 10:30", 30.0)
+    assert_no_entry(rows_of_bar(table, "2014-05-07 09:55"))
+
+
+def test_negative_entry_delay_raises():
+    with pytest.raises(ValueError, match="max_entry_delay_minutes"):
+        LabelsConfig(max_entry_delay_minutes=-1.0)
