@@ -9,7 +9,9 @@ row it changed or dropped:
   their file order;
 - rows with a missing timestamp, a missing, zero or negative price, or the bid above the ask
   are dropped as invalid, and more than ``config.ticks.max_invalid_fraction`` of them fails
-  the pair. A zero spread (bid equal to ask) is a valid quote and is only counted.
+  the pair. A zero spread (bid equal to ask) is a valid quote and is only counted;
+- when fewer than half of the kept ticks fall in the UTC year of the file name, the file
+  loads with a warning in the report, because its name is probably wrong.
 
 The work is vectorised over whole columns, because a year of ticks can hold 50 million rows.
 """
@@ -31,7 +33,7 @@ from fxresearch.artifacts import write_json_atomic
 from fxresearch.config import Config
 from fxresearch.instruments import Instrument, get_instrument
 from fxresearch.naming import parse_pair_filename
-from fxresearch.timeutil import ns_to_datetime
+from fxresearch.timeutil import datetime_to_ns, ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ def load_ticks(path: str | Path, config: Config) -> Ticks:
     del columns
     for array in (timestamp_ns, bid, ask):
         array.flags.writeable = False
+    _check_year(timestamp_ns, year, path, warnings)
 
     report = _build_report(path, pair_year, symbol, instrument, rows_read, counts, timestamp_ns,
                            bid, ask, synthetic, counts["source_timestamp_type"], warnings)
@@ -511,6 +514,25 @@ def _check_invalid_fraction(counts: dict[str, Any], rows_read: int, path: Path,
         f"{counts['crossed']} with the bid above the ask, {counts['missing_timestamp']} with a missing "
         f"timestamp. Fix the source file, or raise [ticks] max_invalid_fraction in the configuration "
         f"if these rows may be dropped."
+    )
+
+
+def _check_year(timestamp_ns: np.ndarray, year: int, path: Path, warnings: list[str]) -> None:
+    """Add a warning when fewer than half of the sorted ticks fall in the file name's UTC year.
+
+    A file may start before its year, for example at the Sunday-evening open on 31 December
+    at 22:00 UTC, so the check only flags a file whose ticks are mostly of another year.
+    """
+    year_start_ns, year_end_ns = datetime_to_ns([f"{year}-01-01", f"{year + 1}-01-01"])
+    n_ticks = len(timestamp_ns)
+    n_in_year = int(np.searchsorted(timestamp_ns, year_end_ns) - np.searchsorted(timestamp_ns, year_start_ns))
+    if 2 * n_in_year >= n_ticks:
+        return
+    first, last = ns_to_datetime(timestamp_ns[[0, -1]])
+    warnings.append(
+        f"{n_in_year} of {n_ticks} ticks ({n_in_year / n_ticks:.1%}) fall in {year} UTC, the year in "
+        f"the file name {path.name}; the ticks run from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} "
+        f"UTC. Rename the file to the year its ticks cover"
     )
 
 

@@ -423,6 +423,49 @@ def test_synthetic_flag_from_metadata(tmp_path: Path) -> None:
     assert real.synthetic is False
 
 
+def _hourly_ns(first: str, n_hours: int) -> list[int]:
+    start_ns = int(pd.Timestamp(first, tz="UTC").value)
+    return [start_ns + hour * 3600 * NS_PER_SECOND for hour in range(n_hours)]
+
+
+def _hourly_file(folder: Path, name: str, timestamp_ns: list[int]) -> Path:
+    n = len(timestamp_ns)
+    return _write(folder, name, {"timestamp": _utc(timestamp_ns), "bid": [1.1] * n, "ask": [1.1001] * n})
+
+
+def test_ticks_of_other_year_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _hourly_file(tmp_path, "EURUSD_2024.parquet", _hourly_ns("2019-03-04", 10))
+    with caplog.at_level("WARNING", logger="fxresearch.ticks"):
+        ticks = load_ticks(path, Config())
+    assert ticks.report["rows_kept"] == 10
+    assert ticks.year == 2024
+    assert len(ticks.report["warnings"]) == 1
+    warning = ticks.report["warnings"][0]
+    assert "0 of 10 ticks (0.0%)" in warning
+    assert "2024" in warning
+    assert "2019-03-04" in warning
+    assert "EURUSD_2024.parquet" in warning
+    assert warning in caplog.text
+
+
+def test_ticks_mostly_of_other_year_warn(tmp_path: Path) -> None:
+    # 4 of 10 ticks in 2024: fewer than half.
+    timestamp_ns = _hourly_ns("2023-12-31 18:00", 10)
+    path = _hourly_file(tmp_path, "EURUSD_2024.parquet", timestamp_ns)
+    ticks = load_ticks(path, Config())
+    assert len(ticks.report["warnings"]) == 1
+    assert "4 of 10 ticks (40.0%)" in ticks.report["warnings"][0]
+
+
+def test_ticks_from_previous_evening_accepted(tmp_path: Path) -> None:
+    # A year's file may start on 31 December at 22:00 UTC, the Sunday-evening open of its first week.
+    timestamp_ns = _hourly_ns("2023-12-31 22:00", 6)
+    path = _hourly_file(tmp_path, "EURUSD_2024.parquet", timestamp_ns)
+    ticks = load_ticks(path, Config())
+    assert ticks.report["warnings"] == []
+    assert ticks.report["rows_kept"] == 6
+
+
 def test_ticks_fields_and_read_only_arrays(tmp_path: Path) -> None:
     path = _write(tmp_path, "USDJPY_2024.parquet",
                   {"timestamp": _utc(_three_seconds()), "bid": [150.0, 150.1, 150.2], "ask": [150.02, 150.12, 150.22]})
