@@ -70,6 +70,14 @@ def ok_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, work
     return {"message": f"done {path.stem}", "synthetic": path.stem.startswith("EUR")}
 
 
+def load_ticks_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    """Load the pair's ticks the way the real jobs' first stage does, and nothing more."""
+    from fxresearch.ticks import load_ticks
+
+    ticks = load_ticks(path, config)
+    return {"message": f"{ticks.n} ticks"}
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -577,3 +585,54 @@ def test_synthetic_marker_reaches_results(tmp_path):
     summary_text = io.StringIO()
     vast_mode.print_summary(summary, stream=summary_text)
     assert "Results of 2 of 2 pairs are on SYNTHETIC data" in summary_text.getvalue()
+
+
+def test_one_line_reason_keeps_long_first_line():
+    first_line = ("Tick file /data/EURUSD_2024.parquet: 5000 of 5000 rows (100.00 %) are invalid, above the "
+                  "limit of 1.00 %: 0 with a missing price, 0 with a zero or negative price, 5000 with the "
+                  "bid above the ask, 0 with a missing timestamp. Fix the source file, or raise [ticks] "
+                  "max_invalid_fraction in the configuration if these rows may be dropped.")
+    assert len(first_line) > 300
+    reason = vast_mode._one_line_reason(ValueError(first_line + "\nsecond line"))
+    assert reason == "ValueError: " + first_line
+
+
+def test_one_line_reason_cuts_huge_line_at_word():
+    words = " ".join(f"word{i:04d}" for i in range(500))
+    reason = vast_mode._one_line_reason(ValueError(words))
+    assert len(reason) <= vast_mode.MAX_REASON_CHARS
+    assert reason.endswith(" ... (cut, the run log has the full message)")
+    kept_words = reason.removeprefix("ValueError: ").removesuffix(" ... (cut, the run log has the full message)")
+    assert words.startswith(kept_words + " ")
+
+
+def test_unreadable_files_listed_in_summary(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Crossed quotes fail validation, and a cut-off file fails to open although its name is valid.
+    crossed = tmp_path / "EURUSD_2020.parquet"
+    timestamps = pd.date_range("2020-01-06 08:00", periods=200, freq="1s", tz="UTC").as_unit("ns")
+    pq.write_table(pa.table({"timestamp": timestamps, "bid": np.full(200, 1.1001), "ask": np.full(200, 1.1)}),
+                   crossed)
+    good = write_ticks(tmp_path / "AUDUSD_2020.parquet")
+    cut_off = tmp_path / "GBPUSD_2020.parquet"
+    cut_off.write_bytes(good.read_bytes()[:-20])
+
+    files = pair_files(tmp_path, ["AUDUSD_2020", "EURUSD_2020", "GBPUSD_2020"])
+    summary = vast_mode.run_vast_mode(files, "generate-base", tmp_path / "out", Config(), 1, 1,
+                                      stream=io.StringIO(), job_function=load_ticks_job)
+    text = io.StringIO()
+    vast_mode.print_summary(summary, stream=text)
+    lines = text.getvalue().splitlines()
+
+    assert "  Failed: 2" in lines
+    failed_at = lines.index("  Failed pairs:")
+    failed = {line.split(":")[0].strip(): line for line in lines[failed_at + 1:failed_at + 3]}
+    assert sorted(failed) == ["EURUSD_2020", "GBPUSD_2020"]
+    assert failed["EURUSD_2020"].endswith("if these rows may be dropped.")
+    assert "200 with the bid above the ask" in failed["EURUSD_2020"]
+    assert "TickDataError: Cannot read tick file" in failed["GBPUSD_2020"]
+    assert failed["GBPUSD_2020"].endswith("Write the ticks as a parquet file with timestamp, bid and ask columns.")
+    assert ".." not in failed["GBPUSD_2020"]
+    assert "AUDUSD_2020" not in text.getvalue()

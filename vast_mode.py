@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 # Log records carrying this attribute go to the log file only (tracebacks of failed pairs).
 FILE_ONLY = "file_only"
 THREAD_ENV_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-MAX_REASON_CHARS = 300
+# A failure reason longer than this is cut at a word boundary on screen, and the run log keeps it whole.
+MAX_REASON_CHARS = 1000
 
 JobFunction = Callable[[Path, Path, Config, bool, int], dict]
 
@@ -267,9 +268,21 @@ def _setup_worker_logging(run_logs: RunLogs | None) -> None:
 
 
 def _one_line_reason(exc: BaseException) -> str:
+    """Return the exception type and the whole first line of its message.
+
+    The line is cut only beyond ``MAX_REASON_CHARS``, at the last space before the limit,
+    because the reason must name the problem and its fix in full.
+    """
     text = str(exc).strip().splitlines()
-    reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 3] + "..."
+    reason = f"{type(exc).__name__}: {text[0].strip()}" if text else type(exc).__name__
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    suffix = " ... (cut, the run log has the full message)"
+    head = reason[:MAX_REASON_CHARS - len(suffix)]
+    space = head.rfind(" ")
+    if space > len(head) // 2:
+        head = head[:space]
+    return head.rstrip(" ,;:") + suffix
 
 
 def _pair_year_of(path: Path) -> str:

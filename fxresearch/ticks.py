@@ -172,12 +172,20 @@ def write_ticks_report(ticks: Ticks, out_dir: Path) -> Path:
     return path
 
 
+def _clause(exc: BaseException) -> str:
+    """Return an exception's message without end punctuation, to go before a sentence of ours.
+
+    Arrow messages often end in a period, and ours add one after them.
+    """
+    return str(exc).strip().rstrip(".")
+
+
 def _read_schema(path: Path) -> pa.Schema:
     try:
         return pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         raise TickDataError(
-            f"Cannot read tick file {path} as parquet: {exc}. Write the ticks as a parquet file "
+            f"Cannot read tick file {path} as parquet: {_clause(exc)}. Write the ticks as a parquet file "
             f"with timestamp, bid and ask columns."
         ) from exc
 
@@ -237,7 +245,7 @@ def _timestamps_to_ns(column: pa.ChunkedArray, name: str, path: Path,
         except pa.ArrowInvalid as exc:
             raise TickDataError(
                 f"Tick file {path}: timestamps in column {name!r} ({kind}) do not fit in nanoseconds: "
-                f"{exc}. Expected times between 1990 and 2100."
+                f"{_clause(exc)}. Expected times between 1990 and 2100."
             ) from exc
         timestamp_ns, valid = _int_values(column.cast(pa.int64()))
         description = str(kind)
@@ -404,14 +412,16 @@ def _read_columns(path: Path, timestamp_name: str, bid_name: str, ask_name: str,
     try:
         parquet_file = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise TickDataError(f"Cannot read tick file {path}: {exc}. Check that it is a complete parquet file.") from exc
+        raise TickDataError(
+            f"Cannot read tick file {path}: {_clause(exc)}. Check that it is a complete parquet file."
+        ) from exc
 
     def read(name: str) -> pa.ChunkedArray:
         try:
             return parquet_file.read(columns=[name]).column(0)
         except (pa.ArrowException, OSError) as exc:
             raise TickDataError(
-                f"Cannot read column {name!r} of tick file {path}: {exc}. "
+                f"Cannot read column {name!r} of tick file {path}: {_clause(exc)}. "
                 f"Check that it is a complete parquet file."
             ) from exc
 

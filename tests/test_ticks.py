@@ -499,6 +499,19 @@ def test_not_parquet_raises(tmp_path: Path) -> None:
         load_ticks(tmp_path / "GBPUSD_2024.parquet", Config())
 
 
+def test_corrupt_file_message_has_single_period(tmp_path: Path) -> None:
+    # Arrow's own message ends in a period here, before the sentence naming the fix.
+    good = _write(tmp_path, "GBPUSD_2024.parquet", {"timestamp": _utc(_three_seconds()), "bid": BIDS, "ask": ASKS})
+    path = tmp_path / "EURUSD_2024.parquet"
+    path.write_bytes(good.read_bytes()[:-20])
+    with pytest.raises(TickDataError) as raised:
+        load_ticks(path, Config())
+    message = str(raised.value)
+    assert "Write the ticks as a parquet file" in message
+    assert ".." not in message
+    assert ". Write the ticks" in message
+
+
 def test_write_ticks_report(tmp_path: Path) -> None:
     path = _write(tmp_path, "EURUSD_2024.parquet", {"timestamp": _utc(_three_seconds()), "bid": BIDS, "ask": ASKS})
     ticks = load_ticks(path, Config())
