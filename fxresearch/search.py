@@ -333,8 +333,9 @@ def _usd_totals(trades, costs: pd.DataFrame, n_strategies: int, split_ns: int) -
     pnl = costs["pnl_usd"].to_numpy(np.float64)
     for suffix, mask in (("is", in_sample), ("oos", ~in_sample)):
         index = trades.strategy_index[mask]
-        total = np.bincount(index, weights=np.nan_to_num(pnl[mask]), minlength=n_strategies)
-        missing = np.bincount(index, weights=np.isnan(pnl[mask]).astype(np.float64), minlength=n_strategies)
+        # bincount of no values returns int64, so both sums are cast to float.
+        total = np.bincount(index, weights=np.nan_to_num(pnl[mask]), minlength=n_strategies).astype(np.float64)
+        missing = np.bincount(index, weights=np.isnan(pnl[mask]), minlength=n_strategies).astype(np.float64)
         total[missing > 0] = np.nan
         columns[f"pnl_usd_{suffix}"] = total
     return pd.DataFrame(columns)

@@ -274,3 +274,16 @@ def test_rank_falls_back_without_scores():
     assert list(rank) == [2, 3, 1]
     assert ranking["by"] == "score"
     assert ranking["reason"] == ""
+
+
+def test_search_without_any_trade_writes_results(sample_file, tmp_path):
+    # A spread cap below every quote skips every signal: no trade at all, still a result.
+    config = replace(Config(), search=replace(SMALL_SEARCH, max_entry_spread_pips=0.01))
+    search_light(sample_file, tmp_path, config)
+    results = pd.read_parquet(tmp_path / "EURUSD_2025" / "EURUSD_2025_backtest_results.parquet")
+    assert len(results) > 0
+    assert (results["n_trades_is"] == 0).all()
+    assert results["profit_factor_is"].isna().all()
+    assert (results["pnl_usd_is"] == 0).all()
+    report = json.loads((tmp_path / "EURUSD_2025" / "EURUSD_2025_search_report.json").read_text())
+    assert report["entry_skips"]["wide_spread"] > 0
