@@ -202,7 +202,7 @@ def build_features(bars: pd.DataFrame, timeframe_min: int, config: FeaturesConfi
     features[volatility_column(config.volatility_window)] = (
         one_bar_return.rolling(config.volatility_window).std(ddof=1))
     features[f"atr_{config.atr_window}"] = _wilder_atr(mid, config.atr_window) / pip
-    features[f"rsi_{config.rsi_window}"] = _wilder_rsi(close, config.rsi_window)
+    features[f"rsi_{config.rsi_window}"] = wilder_rsi(close, config.rsi_window)
 
     zscore = _rolling_zscore(close, config.zscore_window)
     features[f"zscore_{config.zscore_window}"] = zscore
@@ -370,7 +370,8 @@ def _wilder_atr(mid: pd.DataFrame, window: int) -> pd.Series:
     return _wilder_mean(true_range, window, first_row=0)
 
 
-def _wilder_rsi(close: pd.Series, window: int) -> pd.Series:
+def wilder_rsi(close: pd.Series, window: int) -> pd.Series:
+    """Return Wilder's RSI (0 to 100) of a close series; 50 where the window has no change."""
     change = close.diff()
     average_gain = _wilder_mean(change.clip(lower=0.0), window, first_row=1)
     average_loss = _wilder_mean((-change).clip(lower=0.0), window, first_row=1)

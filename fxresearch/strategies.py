@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from fxresearch.config import SearchConfig
-from fxresearch.features import SESSIONS
+from fxresearch.features import SESSIONS, wilder_rsi
 from fxresearch.instruments import Instrument
 from fxresearch.timeutil import NS_PER_DAY, NS_PER_MINUTE, to_local
 
@@ -195,25 +195,9 @@ def _sma(values: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(values).rolling(window).mean().to_numpy()
 
 
-def _wilder_mean(values: pd.Series, window: int, first_row: int) -> pd.Series:
-    """Wilder's running mean seeded by the simple mean of ``values[first_row:first_row+window]``."""
-    seed_row = first_row + window - 1
-    seeded = pd.Series(np.nan, index=values.index, dtype=np.float64)
-    if len(values) <= seed_row:
-        return seeded
-    seeded.iloc[seed_row] = values.iloc[first_row:seed_row + 1].mean()
-    seeded.iloc[seed_row + 1:] = values.iloc[seed_row + 1:]
-    return seeded.ewm(alpha=1.0 / window, adjust=False).mean()
-
-
 def _rsi(close: np.ndarray, window: int) -> np.ndarray:
-    """Wilder RSI, 0..100; 50 when the window has no change at all."""
-    change = pd.Series(close).diff()
-    gain = _wilder_mean(change.clip(lower=0.0), window, first_row=1)
-    loss = _wilder_mean((-change).clip(lower=0.0), window, first_row=1)
-    total = gain + loss
-    rsi = 100.0 * gain / total.where(total > 0)
-    return rsi.where(~((total == 0) & gain.notna()), 50.0).to_numpy()
+    """Wilder RSI, 0..100, the same values as the ``rsi_*`` feature columns."""
+    return wilder_rsi(pd.Series(close), window).to_numpy()
 
 
 def _zscore(close: np.ndarray, window: int) -> np.ndarray:
