@@ -87,7 +87,7 @@ RESULT_TAIL_COLUMNS = {
     "pnl_usd_is": "float64", "pnl_usd_oos": "float64",
     "pip_size": "float64", "usd_rate_source": "object",
 }
-# Results are ranked by the first of these with a finite value for some strategy; all are
+# Results are ranked by the first of these that is finite for some strategy. All are
 # in-sample figures, so the holdout never decides the order.
 RANKING_KEYS = ("score", "sharpe_is", "total_pips_is")
 
@@ -113,7 +113,7 @@ def rank_results(results: pd.DataFrame) -> tuple[np.ndarray, dict[str, str]]:
 
     The ranking uses the deflated Sharpe score. Where no strategy has one (fewer than 20
     in-sample days or 30 trades in a period), it falls back to the in-sample daily Sharpe
-    ratio, then to in-sample total pips, and says so.
+    ratio, then to in-sample total pips, and records that in the returned description.
     """
     by = next((key for key in RANKING_KEYS if np.isfinite(results[key].to_numpy(np.float64)).any()),
               RANKING_KEYS[-1])
@@ -248,7 +248,7 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
 
     Daily P&L in pips is marked to market at each trading day's last tick (longs at the bid,
     shorts at the ask) from fills after slippage, so open positions count on the day they
-    move; swap and commission are left out of the daily series. The pair's holdout (from its
+    move. Swap and commission are left out of the daily series. The pair's holdout (from its
     split on) is the lockbox: the score, the walk-forward folds and PBO use in-sample days
     only, and the holdout appears only in the ``_oos`` columns.
     """
