@@ -251,6 +251,13 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     move. Swap and commission are left out of the daily series. The pair's holdout (from its
     split on) is the lockbox: the score, the walk-forward folds and PBO use in-sample days
     only, and the holdout appears only in the ``_oos`` columns.
+
+    The periods follow the same rule as the trade metrics: a trade belongs to the period of
+    its entry. The in-sample series holds the trades entered before the split, over the days
+    up to the one holding the last tick before the split; P&L such a trade makes after that
+    day is added to that last day. The holdout series holds the trades entered at or after
+    the split, from the day holding the split on. When the split falls inside a trading day,
+    that day is a column of both series, each with its own trades.
     """
     from fxresearch.daily import calmar, daily_pnl_matrix, day_end_marks, sharpe_daily, sortino_daily
     from fxresearch.timeutil import trading_day_ns
@@ -262,15 +269,28 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     validation = ctx.config.validation
     ticks = ctx.ticks
     day_numbers, close_ns, close_bid, close_ask = day_end_marks(ticks.timestamp_ns, bid, ask)
-    matrix = daily_pnl_matrix(
-        trades.strategy_index, trades.entry_time_ns, trades.exit_time_ns,
-        costs["entry_price_net"].to_numpy(np.float64), costs["exit_price_net"].to_numpy(np.float64),
-        trades.side, ctx.instrument.pip_size, close_ns, (close_bid + close_ask) / 2.0,
-        day_close_bid=close_bid, day_close_ask=close_ask, n_strategies=n_strategies,
-    )
-    split_day = int(trading_day_ns(np.array([ctx.split_ns()], dtype=np.int64))[0])
-    in_sample = day_numbers < split_day
-    daily_is, daily_oos = matrix[:, in_sample], matrix[:, ~in_sample]
+    entry_net = costs["entry_price_net"].to_numpy(np.float64)
+    exit_net = costs["exit_price_net"].to_numpy(np.float64)
+
+    def matrix_of(mask: np.ndarray) -> np.ndarray:
+        return daily_pnl_matrix(
+            trades.strategy_index[mask], trades.entry_time_ns[mask], trades.exit_time_ns[mask],
+            entry_net[mask], exit_net[mask], trades.side[mask], ctx.instrument.pip_size,
+            close_ns, (close_bid + close_ask) / 2.0, day_close_bid=close_bid, day_close_ask=close_ask,
+            n_strategies=n_strategies,
+        )
+
+    split_ns = ctx.split_ns()
+    split_index = int(np.searchsorted(ticks.timestamp_ns, split_ns, side="left"))
+    boundary_days = trading_day_ns(ticks.timestamp_ns[[max(split_index - 1, 0), split_index]])
+    last_is_column = int(np.searchsorted(day_numbers, boundary_days[0]))
+    first_oos_column = int(np.searchsorted(day_numbers, boundary_days[1]))
+    entered_is = trades.entry_time_ns < split_ns
+
+    matrix_is = matrix_of(entered_is)
+    daily_is = matrix_is[:, : last_is_column + 1].copy()
+    daily_is[:, -1] += matrix_is[:, last_is_column + 1:].sum(axis=1)
+    daily_oos = matrix_of(~entered_is)[:, first_oos_column:]
 
     columns: dict[str, np.ndarray] = {}
     for suffix, rows in (("is", daily_is), ("oos", daily_oos)):
@@ -289,18 +309,18 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     columns["trial_cluster"] = np.asarray(trials.labels, dtype=np.int64)
 
     report: dict[str, Any] = {
-        "in_sample_days": int(in_sample.sum()),
-        "holdout_days": int((~in_sample).sum()),
+        "in_sample_days": int(daily_is.shape[1]),
+        "holdout_days": int(daily_oos.shape[1]),
         "lockbox": ("the holdout after the split: the score, the walk-forward folds and PBO use "
-                    "in-sample days only; a trade entered before the split counts in-sample "
-                    "even when it exits after it"),
+                    "in-sample days only. A trade belongs to the period of its entry; P&L of an "
+                    "in-sample trade after the last in-sample day is added to that day"),
         "trials_tried": n_strategies,
         "effective_trials": int(trials.n_effective),
         "flat_strategies": int(trials.n_flat),
     }
 
     purge_days = horizon_days(ctx.config.search.horizon_minutes)
-    plan = walk_forward_folds(day_numbers[in_sample], validation.n_folds, purge_days, validation.embargo_days,
+    plan = walk_forward_folds(day_numbers[: last_is_column + 1], validation.n_folds, purge_days, validation.embargo_days,
                               0.0, scheme=validation.scheme, min_train_days=validation.min_train_days,
                               min_test_days=validation.min_test_days)
     folds_report: dict[str, Any] = {"requested": validation.n_folds, "made": len(plan), "reason": plan.reason,

@@ -287,3 +287,27 @@ def test_search_without_any_trade_writes_results(sample_file, tmp_path):
     assert (results["pnl_usd_is"] == 0).all()
     report = json.loads((tmp_path / "EURUSD_2025" / "EURUSD_2025_search_report.json").read_text())
     assert report["entry_skips"]["wide_spread"] > 0
+
+
+def test_daily_series_follow_trade_periods(sample_file, tmp_path, monkeypatch):
+    """Each period's daily P&L adds up to the same trades as its trade metrics."""
+    import fxresearch.validation as validation
+    from fxresearch.config import CostsConfig
+
+    captured = {}
+    original = validation.score_column
+
+    def capture(daily_is, *args, **kwargs):
+        captured["daily_is"] = daily_is
+        return original(daily_is, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "score_column", capture)
+    # Without swap the daily series (which leave swap out) and the trade pips must agree.
+    costs = CostsConfig(swap_long_pips_per_night={}, swap_short_pips_per_night={})
+    config = replace(Config(), search=SMALL_SEARCH, costs=costs)
+    search_light(sample_file, tmp_path, config)
+
+    results = pd.read_parquet(tmp_path / "EURUSD_2025" / "EURUSD_2025_backtest_results.parquet")
+    daily_totals = captured["daily_is"].sum(axis=1)
+    np.testing.assert_allclose(daily_totals, results["total_pips_is"].to_numpy(), atol=1e-6)
+    assert (results["n_days_is"] > 0).all()
