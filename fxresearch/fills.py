@@ -34,6 +34,7 @@ Fill rules (the kernels in ``fxresearch._fill_kernels`` implement exactly these)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -207,6 +208,24 @@ def prepare_tick_arrays(
         len(timestamp_ns), instrument.symbol, len(bar_first), int(hole_after.sum()),
     )
     return arrays
+
+
+def close_positions_at(arrays: TickArrays, tick_index: int) -> TickArrays:
+    """Return tick arrays on which every trade still open at tick ``tick_index`` exits there.
+
+    The tick is marked as the last one before a data hole, so the kernel closes any open
+    trade at its trigger-side price with reason ``data_gap``, and no entry before it can run
+    past it. The search uses it at the train/holdout split so an in-sample trade never
+    exits at a holdout price. The input arrays are not changed.
+    """
+    if not 0 <= tick_index < len(arrays.timestamp_ns):
+        raise ValueError(f"tick_index {tick_index} is outside the {len(arrays.timestamp_ns)} ticks")
+    hole_after = arrays.hole_after.copy()
+    hole_after[tick_index] = 1
+    bar_has_hole = arrays.bar_has_hole.copy()
+    bar = int(np.searchsorted(arrays.bar_first, tick_index, side="right")) - 1
+    bar_has_hole[bar] = 1
+    return dataclasses.replace(arrays, hole_after=hole_after, bar_has_hole=bar_has_hole)
 
 
 def _check_ticks(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> None:

@@ -130,7 +130,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     from fxresearch.backtest import EntryFilter, run_backtests
     from fxresearch.conversion import RateSources
     from fxresearch.costs import apply_spread_markup, spread_markup_for, trade_costs_and_pnl
-    from fxresearch.fills import prepare_tick_arrays
+    from fxresearch.fills import DATA_GAP, END_OF_DATA, close_positions_at, prepare_tick_arrays
     from fxresearch.metrics import strategy_metrics
     from fxresearch.strategies import SignalContext, compute_signals, generate_strategies
     from fxresearch.user_templates import load_user_templates
@@ -179,8 +179,16 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     if markup_pips > 0:
         bid, ask = apply_spread_markup(bid, ask, markup_pips, ctx.instrument.pip_size, ctx.instrument.point_size)
     arrays = prepare_tick_arrays(ticks.timestamp_ns, bid, ask, ctx.instrument, config.fills.max_gap_minutes)
-    trades = run_backtests(arrays, bars, timeframe_min, strategies, signals, ctx.instrument,
+
+    # In-sample trades still open at the split close at the last tick before it, as at the
+    # end of a file, so no in-sample figure depends on a holdout price.
+    last_is_tick = int(np.searchsorted(ticks.timestamp_ns, split_ns, side="left")) - 1
+    split_arrays = close_positions_at(arrays, last_is_tick) if last_is_tick >= 0 else arrays
+    trades = run_backtests(split_arrays, bars, timeframe_min, strategies, signals, ctx.instrument,
                            search.horizon_minutes, workers=workers, entry_filter=EntryFilter.from_search(search))
+    if last_is_tick >= 0 and not arrays.hole_after[last_is_tick]:
+        closed_at_split = (trades.exit_idx == last_is_tick) & (trades.reason == DATA_GAP)
+        trades.reason[closed_at_split] = END_OF_DATA
     skips = trades.entry_skips.totals()
     logger.info("%s: %d trades; signals skipped at entry: %s", ctx.pair_year, len(trades), skips)
 
@@ -312,8 +320,8 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
         "in_sample_days": int(daily_is.shape[1]),
         "holdout_days": int(daily_oos.shape[1]),
         "lockbox": ("the holdout after the split: the score, the walk-forward folds and PBO use "
-                    "in-sample days only. A trade belongs to the period of its entry; P&L of an "
-                    "in-sample trade after the last in-sample day is added to that day"),
+                    "in-sample days only. A trade belongs to the period of its entry, and an "
+                    "in-sample trade still open at the split closes at the last tick before it"),
         "trials_tried": n_strategies,
         "effective_trials": int(trials.n_effective),
         "flat_strategies": int(trials.n_flat),

@@ -418,3 +418,20 @@ def test_label_many_equals_tick_scan_and_ignores_threads():
             entry_pts - take_profit_points, int(arrays.timestamp_ns[entry]) + horizon_ns, n,
         )
         assert (exit_idx[k], exit_pts[k], reason[k]) == expected
+
+
+def test_close_positions_at_boundary_tick():
+    # Ticks a minute apart: a long from tick 0 would run to its target at tick 5, but a
+    # boundary after tick 2 (the train/holdout split) closes it at tick 2's bid.
+    rows = [(60 * i, 1.10000 + 0.0001 * i, 1.10010 + 0.0001 * i) for i in range(6)]
+    arrays = make_arrays(rows)
+    assert trade(arrays, 0, +1, stop_loss_pips=10, take_profit_pips=4).exit_idx == 5
+
+    bounded = fills.close_positions_at(arrays, 2)
+    fill = trade(bounded, 0, +1, stop_loss_pips=10, take_profit_pips=4)
+    assert fill.reason == "data_gap"
+    assert fill.exit_idx == 2
+    assert fill.exit_price == pytest.approx(1.10020)
+    # The original arrays are unchanged, and a trade entered after the boundary runs on.
+    assert arrays.hole_after.tolist() == [0] * 6
+    assert trade(bounded, 3, +1, stop_loss_pips=10, take_profit_pips=1).exit_idx == 5

@@ -311,3 +311,29 @@ def test_daily_series_follow_trade_periods(sample_file, tmp_path, monkeypatch):
     daily_totals = captured["daily_is"].sum(axis=1)
     np.testing.assert_allclose(daily_totals, results["total_pips_is"].to_numpy(), atol=1e-6)
     assert (results["n_days_is"] > 0).all()
+
+
+def test_holdout_prices_leave_in_sample_unchanged(sample_file, tmp_path):
+    """Changing only the ticks after the split changes no in-sample figure."""
+    config = replace(Config(), search=SMALL_SEARCH)
+    search_light(sample_file, tmp_path / "a", config)
+    split_ns = json.loads((tmp_path / "a" / "EURUSD_2025" / "manifest.json").read_text())["artifacts"]["split"]["split_ns"]
+
+    # Same file name in another folder, holdout prices moved by a random walk.
+    table = pd.read_parquet(sample_file)
+    after = (table["timestamp"].astype("int64") >= split_ns).to_numpy()
+    walk = np.cumsum(np.random.default_rng(5).normal(0.0, 0.00005, after.sum())).round(5)
+    table.loc[after, "bid"] += walk
+    table.loc[after, "ask"] += walk
+    changed = tmp_path / "changed" / sample_file.name
+    changed.parent.mkdir()
+    table.to_parquet(changed)
+    search_light(changed, tmp_path / "b", config)
+
+    name = "EURUSD_2025/EURUSD_2025_backtest_results.parquet"
+    first = pd.read_parquet(tmp_path / "a" / name)
+    second = pd.read_parquet(tmp_path / "b" / name)
+    in_sample = [c for c in first.columns if c.endswith("_is") and c != "pnl_usd_is"]
+    pd.testing.assert_frame_equal(first[in_sample], second[in_sample])
+    np.testing.assert_allclose(first["pnl_usd_is"], second["pnl_usd_is"])
+    assert not first["total_pips_oos"].equals(second["total_pips_oos"])
