@@ -16,6 +16,7 @@ import argparse
 import logging
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn, Sequence
 
@@ -138,6 +139,23 @@ def validate_args(args: argparse.Namespace) -> None:
                          "PAIR_YEAR.parquet files", hint=False)
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Raise UsageError unless the output folder exists or can be made, and is writable.
+
+    Checked before any work starts, so a bad folder costs a second, not a finished search.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"Output path {output_dir} is a file, not a folder. Pass a folder to --output-dir",
+                         hint=False)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(f"Output folder {output_dir} cannot be written ({exc.strerror or exc}). "
+                         f"Pass a writable folder to --output-dir", hint=False) from None
+
+
 def _load_config(path: Path | None) -> Config:
     try:
         return load_config(path)
@@ -253,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         validate_args(args)
         config = _load_config(args.config)
+        if not getattr(args, "dry_run", False):
+            check_output_dir(args.output_dir)
         return run_vast(args, config) if args.vast_mode else run_single(args, config)
     except UsageError as exc:
         _exit_usage(str(exc), exc.hint)

@@ -636,3 +636,13 @@ def test_unreadable_files_listed_in_summary(tmp_path):
     assert failed["GBPUSD_2020"].endswith("Write the ticks as a parquet file with timestamp, bid and ask columns.")
     assert ".." not in failed["GBPUSD_2020"]
     assert "AUDUSD_2020" not in text.getvalue()
+
+
+def test_output_dir_that_is_a_file_is_usage_error(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    result = subprocess.run([sys.executable, str(MAIN), "--vast-mode", "--input-dir", str(tmp_path),
+                             "--generate-base", "--output-dir", str(blocker)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"Output path {blocker} is a file, not a folder" in result.stderr

@@ -175,6 +175,11 @@ def write_frame(path: str | Path, frame: pd.DataFrame, metadata: dict[str, str] 
     read real timestamps; every other column is written as it is.
     """
     table = pa.Table.from_pandas(frame, preserve_index=False)
+    # An empty text column arrives as Arrow's null type; store it as text so that empty and
+    # full tables of one kind share a schema.
+    for index, item in enumerate(table.schema):
+        if pa.types.is_null(item.type):
+            table = table.set_column(index, item.name, table.column(index).cast(pa.large_string()))
     for name in TIME_COLUMNS:
         if name in table.column_names and pa.types.is_integer(table.schema.field(name).type):
             index = table.column_names.index(name)

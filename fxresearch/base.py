@@ -241,6 +241,8 @@ def compute_split_ns(timestamp_ns: np.ndarray, train_fraction: float) -> tuple[i
         "train_days": int(len(np.unique(days[:split_index]))),
         "holdout_days": int(len(np.unique(days[split_index:]))),
         "train_tick_share": round(split_index / n_ticks, 4),
+        # A split inside a trading day counts that day in both train_days and holdout_days.
+        "split_inside_day": bool(days[split_index - 1] == days[split_index]),
         "rule": rule,
     }
 

@@ -152,8 +152,14 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
         logger.warning("%s: no strategy search: %s", ctx.pair_year, reason)
         artifacts.write_frame(results_path, _empty_results(), metadata)
         artifacts.write_frame(trades_path, _empty_trades(), metadata)
-        return {"files": [results_path.name, trades_path.name], "n_strategies": 0, "n_trades": 0,
-                "seconds": time.perf_counter() - started, "insufficient_data": reason}
+        report_path = ctx.out_dir / f"{ctx.pair_year}_search_report.json"
+        artifacts.write_json_atomic(report_path, {
+            "pair_year": ctx.pair_year, "synthetic": ctx.is_synthetic, "n_strategies": 0, "n_trades": 0,
+            "split_ns": split_ns, "timeframe_min": timeframe_min, "pip_size": ctx.instrument.pip_size,
+            "insufficient_data": reason,
+        })
+        return {"files": [results_path.name, trades_path.name, report_path.name], "n_strategies": 0,
+                "n_trades": 0, "seconds": time.perf_counter() - started, "insufficient_data": reason}
 
     regimes = artifacts.read_frame(ctx.out_dir / f"{ctx.pair_year}_regimes.parquet")
     patterns_doc = json.loads((ctx.out_dir / f"{ctx.pair_year}_patterns.json").read_text())
@@ -379,7 +385,10 @@ def _empty_trades() -> pd.DataFrame:
     from fxresearch.backtest import TRADE_COLUMNS, Trades
     from fxresearch.costs import RESULT_COLUMNS
 
-    empty = Trades(**{name: np.zeros(0, dtype=np.int64) for name in TRADE_COLUMNS})
+    # Zero-length arrays of the dtypes the engine writes, so the empty file's schema matches.
+    dtypes = {"side": np.int8, "entry_price": np.float64, "exit_price": np.float64, "pips": np.float64,
+              "reason": np.int8}
+    empty = Trades(**{name: np.zeros(0, dtype=dtypes.get(name, np.int64)) for name in TRADE_COLUMNS})
     frame = empty.to_frame().drop(columns=["pips"])
     for name in RESULT_COLUMNS:
         frame[name] = pd.Series(dtype="object" if name == "usd_rate_source" else "float64")

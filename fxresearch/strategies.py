@@ -532,7 +532,15 @@ def compute_signals(family: str, params: Mapping[str, Any], context: SignalConte
     cached = context.cache.get(key)
     if cached is None:
         template = templates[family]
-        output = template.signal(context, **params)
+        try:
+            output = template.signal(context, **params)
+        except Exception as exc:
+            if not template.source:
+                raise
+            raise RuntimeError(
+                f"Template {family} in {template.source} raised {type(exc).__name__}: {exc} "
+                f"(params {params_to_json(params)}); fix the template's signals function"
+            ) from exc
         if template.source:
             cached = check_signal_output(output, len(context.bars), f"Template {family} in {template.source}")
         else:

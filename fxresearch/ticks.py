@@ -33,7 +33,7 @@ from fxresearch.artifacts import write_json_atomic
 from fxresearch.config import Config
 from fxresearch.instruments import Instrument, get_instrument
 from fxresearch.naming import parse_pair_filename
-from fxresearch.timeutil import datetime_to_ns, ns_to_datetime
+from fxresearch.timeutil import NEW_YORK, datetime_to_ns, ns_to_datetime, to_local
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def load_ticks(path: str | Path, config: Config) -> Ticks:
     for array in (timestamp_ns, bid, ask):
         array.flags.writeable = False
     _check_year(timestamp_ns, year, path, warnings)
+    counts["weekend_close_ticks"] = _check_weekend_close(timestamp_ns, warnings)
 
     report = _build_report(path, pair_year, symbol, instrument, rows_read, counts, timestamp_ns,
                            bid, ask, synthetic, counts["source_timestamp_type"], warnings)
@@ -527,6 +528,36 @@ def _check_invalid_fraction(counts: dict[str, Any], rows_read: int, path: Path,
     )
 
 
+# Share of ticks inside the weekend close above which the report warns; a few quotes just
+# after Friday 17:00 New York are normal for some vendors.
+WEEKEND_TICK_WARNING_SHARE = 0.005
+
+
+def _check_weekend_close(timestamp_ns: np.ndarray, warnings: list[str]) -> int:
+    """Count ticks inside the weekend close (Friday 17:00 to Sunday 17:00 New York) and warn.
+
+    Such ticks are kept, because some vendors quote through the close, but trades can be
+    filled on them, so a file with many is flagged. Time zones are resolved once per hour
+    of ticks, which is exact because New York offsets are whole hours.
+    """
+    if len(timestamp_ns) == 0:
+        return 0
+    hours = timestamp_ns // (3600 * 1_000_000_000)
+    starts = np.flatnonzero(np.r_[True, hours[1:] != hours[:-1]])
+    run_lengths = np.diff(np.r_[starts, len(hours)])
+    local = to_local(hours[starts] * (3600 * 1_000_000_000), NEW_YORK)
+    weekday, hour = local.dayofweek.to_numpy(), local.hour.to_numpy()
+    closed = ((weekday == 4) & (hour >= 17)) | (weekday == 5) | ((weekday == 6) & (hour < 17))
+    n_closed = int(run_lengths[closed].sum())
+    if n_closed > WEEKEND_TICK_WARNING_SHARE * len(timestamp_ns):
+        warnings.append(
+            f"{n_closed} of {len(timestamp_ns)} ticks ({n_closed / len(timestamp_ns):.1%}) fall in the weekend "
+            f"close (Friday 17:00 to Sunday 17:00 New York), when the market is shut; check the file's "
+            f"time zone, or drop those ticks if the vendor quotes through the close"
+        )
+    return n_closed
+
+
 def _check_year(timestamp_ns: np.ndarray, year: int, path: Path, warnings: list[str]) -> None:
     """Add a warning when fewer than half of the sorted ticks fall in the file name's UTC year.
 
@@ -574,6 +605,7 @@ def _build_report(path: Path, pair_year: str, symbol: str, instrument: Instrumen
         "non_positive_price": counts["non_positive_price"],
         "crossed": counts["crossed"],
         "zero_spread": counts["zero_spread"],
+        "weekend_close_ticks": counts["weekend_close_ticks"],
         "rows_kept": len(timestamp_ns),
         "first_timestamp": first.isoformat(),
         "last_timestamp": last.isoformat(),

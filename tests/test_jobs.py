@@ -254,9 +254,13 @@ def test_results_schema_same_when_empty(sample_file, tmp_path):
     assert list(full.columns) == list(result_columns())
     assert list(empty.columns) == list(full.columns)
     assert len(empty) == 0
-    full_trades = pd.read_parquet(tmp_path / "full" / "EURUSD_2025" / "EURUSD_2025_top_trades.parquet")
-    empty_trades = pd.read_parquet(tmp_path / "empty" / "EURUSD_2025" / "EURUSD_2025_top_trades.parquet")
-    assert list(empty_trades.columns) == list(full_trades.columns)
+    # Same Arrow types too, so tables of many pairs concatenate.
+    import pyarrow.parquet as pq
+
+    for name in ("backtest_results", "top_trades"):
+        full_schema = pq.read_schema(tmp_path / "full" / "EURUSD_2025" / f"EURUSD_2025_{name}.parquet")
+        empty_schema = pq.read_schema(tmp_path / "empty" / "EURUSD_2025" / f"EURUSD_2025_{name}.parquet")
+        assert empty_schema.remove_metadata() == full_schema.remove_metadata(), name
 
 
 def test_rank_falls_back_without_scores():

@@ -453,8 +453,10 @@ def test_ticks_mostly_of_other_year_warn(tmp_path: Path) -> None:
     timestamp_ns = _hourly_ns("2023-12-31 18:00", 10)
     path = _hourly_file(tmp_path, "EURUSD_2024.parquet", timestamp_ns)
     ticks = load_ticks(path, Config())
-    assert len(ticks.report["warnings"]) == 1
-    assert "4 of 10 ticks (40.0%)" in ticks.report["warnings"][0]
+    # Sunday 18:00 UTC is before the 17:00 New York reopen, so a weekend warning comes too.
+    year_warnings = [warning for warning in ticks.report["warnings"] if "fall in 2024 UTC" in warning]
+    assert len(year_warnings) == 1
+    assert "4 of 10 ticks (40.0%)" in year_warnings[0]
 
 
 def test_ticks_from_previous_evening_accepted(tmp_path: Path) -> None:
@@ -611,3 +613,23 @@ def test_dictionary_encoded_columns(tmp_path: Path) -> None:
     assert ticks.timestamp_ns.tolist() == [WINTER_NS, WINTER_NS + NS_PER_SECOND]
     assert ticks.report["duplicates_dropped"] == 1
     assert ticks.report["out_of_order"] == 1
+
+
+def test_weekend_close_ticks_are_counted_and_warned(tmp_path):
+    # Saturday and Sunday-morning ticks lie inside the Friday 17:00 - Sunday 17:00 New York close.
+    times = pd.date_range("2019-03-09 00:00", "2019-03-10 20:00", freq="min", tz="UTC")
+    frame = pd.DataFrame({"timestamp": times, "bid": 1.1, "ask": 1.1001})
+    path = tmp_path / "EURUSD_2019.parquet"
+    frame.to_parquet(path)
+    ticks = load_ticks(path, Config())
+    # 2019-03-10 is the US daylight-saving change: 17:00 New York is 21:00 UTC that Sunday.
+    assert ticks.report["weekend_close_ticks"] == len(times)
+    assert any("weekend close" in warning for warning in ticks.report["warnings"])
+
+
+def test_real_files_have_no_weekend_close_ticks():
+    if not PARQUET_DIR.is_dir():
+        pytest.skip(f"real tick files not found at {PARQUET_DIR}")
+    for path in sorted(PARQUET_DIR.glob("*.parquet")):
+        ticks = load_ticks(path, Config())
+        assert ticks.report["weekend_close_ticks"] == 0, path.name
