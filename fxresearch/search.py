@@ -267,9 +267,9 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     only, and the holdout appears only in the ``_oos`` columns.
 
     The periods follow the same rule as the trade metrics: a trade belongs to the period of
-    its entry. The in-sample series holds the trades entered before the split, over the days
-    up to the one holding the last tick before the split; P&L such a trade makes after that
-    day is added to that last day. The holdout series holds the trades entered at or after
+    its entry. The in-sample series contains the trades entered before the split, over the
+    days up to the one with the last tick before the split. Any P&L such a trade makes after
+    that day is added to that last day. The holdout series holds the trades entered at or after
     the split, from the day holding the split on. When the split falls inside a trading day,
     that day is a column of both series, each with its own trades.
     """
