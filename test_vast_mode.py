@@ -70,6 +70,11 @@ def ok_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, work
     return {"message": f"done {path.stem}", "synthetic": path.stem.startswith("EUR")}
 
 
+def slow_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    time.sleep(1.0)
+    return {"message": "slow job done", "synthetic": False}
+
+
 def load_ticks_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
     """Load the pair's ticks the way the real jobs' first stage does, and nothing more."""
     from fxresearch.ticks import load_ticks
@@ -646,3 +651,17 @@ def test_output_dir_that_is_a_file_is_usage_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"Output path {blocker} is a file, not a folder" in result.stderr
+
+
+def test_long_pair_prints_heartbeat(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(vast_mode, "HEARTBEAT_SECONDS", 0.2)
+    out = io.StringIO()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        summary = vast_mode.run_vast_mode([tmp_path / "EURUSD_2020.parquet"], "generate-base", tmp_path / "out",
+                                          Config(), 1, 1, executor=executor, stream=out, job_function=slow_job)
+    assert summary.failed == 0
+    heartbeats = [line for line in out.getvalue().splitlines() if line.startswith("... [0/1] done")]
+    assert heartbeats
+    assert "1 running (EURUSD_2020)" in heartbeats[0]

@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -529,6 +529,10 @@ def _new_pool(parallel_pairs: int, workers_per_pair: int) -> ProcessPoolExecutor
                                initializer=_setup_worker_environment, initargs=(workers_per_pair,))
 
 
+# Seconds without a finished pair after which the console gets a line on the pairs still running.
+HEARTBEAT_SECONDS = 60.0
+
+
 class _Progress:
     """Prints one line per finished pair and appends its ledger line."""
 
@@ -538,6 +542,16 @@ class _Progress:
         self.synthetic = synthetic
         self.done = 0
         self.ok_mark, self.fail_mark = _status_symbols(stream)
+        self.started = time.perf_counter()
+
+    def heartbeat(self, running: Iterable[str]) -> None:
+        """Print a line saying which pairs are still running, for long pairs."""
+        names = sorted(running)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        elapsed = time.perf_counter() - self.started
+        self.stream.write(f"... [{self.done}/{self.total}] done, {len(names)} running ({shown}), "
+                          f"elapsed {elapsed / 60:.0f}m{elapsed % 60:02.0f}s\n")
+        self.stream.flush()
 
     def record(self, result: PairResult) -> None:
         if not result.synthetic and self.synthetic.get(result.pair_year, False):
@@ -572,18 +586,25 @@ def _run_batch(executor: Executor, pairs: Sequence[PairFile], submit: Callable[[
         pass
     unfinished = [p for p in pairs if p not in futures.values()]
 
-    for future in as_completed(futures):
-        pair_file = futures[future]
-        try:
-            result = future.result()
-        except BrokenExecutor:
-            unfinished.append(pair_file)
+    pending = set(futures)
+    while pending:
+        # A pair can run for many minutes, so a line every HEARTBEAT_SECONDS shows the run is alive.
+        finished, pending = wait(pending, timeout=HEARTBEAT_SECONDS, return_when=FIRST_COMPLETED)
+        if not finished:
+            progress.heartbeat(futures[future].pair_year for future in pending if future.running())
             continue
-        except Exception as exc:  # the job function raised outside run_pair, e.g. while unpickling
-            logger.error("%s %s failed in its worker", pair_file.pair_year, progress.summary.job,
-                         exc_info=exc, extra={FILE_ONLY: True})
-            result = PairResult(pair_file.pair_year, progress.summary.job, False, 0.0, _one_line_reason(exc))
-        progress.record(result)
+        for future in finished:
+            pair_file = futures[future]
+            try:
+                result = future.result()
+            except BrokenExecutor:
+                unfinished.append(pair_file)
+                continue
+            except Exception as exc:  # the job function raised outside run_pair, e.g. while unpickling
+                logger.error("%s %s failed in its worker", pair_file.pair_year, progress.summary.job,
+                             exc_info=exc, extra={FILE_ONLY: True})
+                result = PairResult(pair_file.pair_year, progress.summary.job, False, 0.0, _one_line_reason(exc))
+            progress.record(result)
     return sorted(unfinished, key=lambda p: p.path.name)
 
 
