@@ -5,6 +5,7 @@ Examples::
     python main.py --parquet data/parquet/EURUSD_2025.parquet --generate-base
     python main.py --vast-mode --input-dir data/parquet --generate-base --dry-run
     python main.py --vast-mode --search-light --pairs EURUSD,GBPJPY --parallel-pairs 4
+    python main.py --vast-mode --generate-base --dask-scheduler tcp://10.0.0.5:8786
 
 Exit codes: 0 when every pair succeeded, 1 when any pair failed, 2 for a usage error
 (printed as one line on stderr), 130 when interrupted.
@@ -13,17 +14,19 @@ Exit codes: 0 when every pair succeeded, 1 when any pair failed, 2 for a usage e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
 import tempfile
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import NoReturn, Sequence
 
 import vast_mode
 from fxresearch import __version__
 from fxresearch.config import Config, ConfigError, load_config
-from fxresearch.naming import InvalidFileNameError, parse_pair_filename, scan_input_dir
+from fxresearch.naming import InvalidFileNameError, ScanResult, parse_pair_filename, scan_input_dir
 
 DEFAULT_INPUT_DIR = Path("data/parquet")
 DEFAULT_OUTPUT_DIR = Path("output")
@@ -101,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     vast.add_argument("--pairs", metavar="LIST",
                       help="comma-separated symbols or PAIR_YEAR ids to run, e.g. EURUSD,GBPJPY_2020")
     vast.add_argument("--dry-run", action="store_true", help="print the resources and the plan, then stop")
+    dask = vast.add_mutually_exclusive_group()
+    dask.add_argument("--dask-scheduler", metavar="ADDRESS",
+                      help="run the pairs on the workers of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+                           "(one pair per worker; input and output folders must be at the same path on every "
+                           "worker)")
+    dask.add_argument("--dask-local-workers", type=_positive_int, metavar="N",
+                      help="run the pairs on a Dask cluster of N single-threaded worker processes on this machine")
 
     options = parser.add_argument_group("run options")
     options.add_argument("--force-rerun", action="store_true", help="rebuild every artifact, even when current")
@@ -125,10 +135,13 @@ def validate_args(args: argparse.Namespace) -> None:
     if not args.vast_mode:
         vast_only = {"--input-dir": args.input_dir is not None, "--parallel-pairs": args.parallel_pairs is not None,
                      "--max-workers": args.max_workers is not None, "--pairs": args.pairs is not None,
-                     "--dry-run": args.dry_run}
+                     "--dry-run": args.dry_run, "--dask-scheduler": args.dask_scheduler is not None,
+                     "--dask-local-workers": args.dask_local_workers is not None}
         present_options = [name for name, present in vast_only.items() if present]
         if present_options:
             raise UsageError(f"{', '.join(present_options)} only applies with --vast-mode")
+    if args.parallel_pairs is not None and (args.dask_scheduler is not None or args.dask_local_workers is not None):
+        raise UsageError("--parallel-pairs does not apply on Dask: each Dask worker runs one pair at a time")
     if args.parquet is not None and not args.parquet.is_file():
         raise UsageError(f"Parquet file not found: {args.parquet}", hint=False)
     if args.input_dir is not None and not args.input_dir.exists():
@@ -229,6 +242,11 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
     folder, sample_pending = _prepare_input_dir(args, config)
     if sample_pending and args.dry_run:
         return EXIT_OK
+    on_dask = args.dask_scheduler is not None or args.dask_local_workers is not None
+    if on_dask:
+        # Dask workers may run in another working directory, so they get absolute paths.
+        folder = folder.resolve()
+        args.output_dir = args.output_dir.resolve()
     scan = scan_input_dir(folder)
     if not scan.valid and not scan.invalid:
         raise UsageError(f"No parquet files found in {folder}", hint=False)
@@ -240,8 +258,28 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(str(exc), hint=False) from None
 
     resources = vast_mode.detect_resources()
-    plan = vast_mode.make_plan(resources, selected, args.job, args.parallel_pairs, args.max_workers)
-    vast_mode.print_resources_banner(resources, scan, plan, args.job, input_dir=folder, output_dir=args.output_dir)
+    if not on_dask:
+        plan = vast_mode.make_plan(resources, selected, args.job, args.parallel_pairs, args.max_workers)
+        return _run_plan(args, config, resources, scan, folder, plan)
+
+    from fxresearch.cluster import ClusterError, open_dask_executor
+
+    with contextlib.ExitStack() as stack:
+        try:
+            executor, cluster = stack.enter_context(open_dask_executor(args.dask_scheduler, args.dask_local_workers))
+        except ClusterError as exc:
+            raise UsageError(str(exc), hint=False) from None
+        plan = vast_mode.make_cluster_plan(selected, args.job, cluster.n_workers, cluster.threads_per_worker,
+                                           args.max_workers)
+        return _run_plan(args, config, resources, scan, folder, plan, executor, cluster.description)
+
+
+def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Resources, scan: ScanResult,
+              folder: Path, plan: vast_mode.RunPlan, executor: Executor | None = None,
+              cluster: str | None = None) -> int:
+    """Print the banner, then run the plan (or print it, on a dry run) and the summary."""
+    vast_mode.print_resources_banner(resources, scan, plan, args.job, input_dir=folder, output_dir=args.output_dir,
+                                     cluster=cluster)
     if args.dry_run:
         vast_mode.print_plan(plan, args.output_dir)
         print("Dry run: nothing was run.")
@@ -252,7 +290,7 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
     synthetic = {pair_year: info.synthetic for pair_year, info in plan.infos.items()}
     summary = vast_mode.run_vast_mode(
         list(plan.files), args.job, args.output_dir, config, plan.parallel_pairs, plan.workers_per_pair,
-        args.force_rerun, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic,
+        args.force_rerun, executor, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic,
     )
     vast_mode.print_summary(summary, run_logs)
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED

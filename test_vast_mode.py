@@ -665,3 +665,98 @@ def test_long_pair_prints_heartbeat(tmp_path, monkeypatch):
     heartbeats = [line for line in out.getvalue().splitlines() if line.startswith("... [0/1] done")]
     assert heartbeats
     assert "1 running (EURUSD_2020)" in heartbeats[0]
+
+
+# ----------------------------------------------------------------------------- executors other than the pool
+
+
+def test_make_cluster_plan_one_pair_per_dask_worker(tmp_path):
+    files = pair_files(tmp_path, ["EURUSD_2020", "GBPUSD_2020", "USDJPY_2020"])
+    for pair_file in files:
+        write_ticks(pair_file.path, rows=1000)
+
+    plan = vast_mode.make_cluster_plan(files, "generate-base", dask_workers=2, threads_per_worker=8)
+    assert plan.parallel_pairs == 2
+    assert plan.workers_per_pair == 8
+    assert plan.workers.limited_by == "dask"
+    assert plan.total_ticks == 3000
+
+    requested = vast_mode.make_cluster_plan(files, "generate-base", dask_workers=2, threads_per_worker=8,
+                                            max_workers=3)
+    assert requested.workers_per_pair == 3
+    more_workers_than_pairs = vast_mode.make_cluster_plan(files, "generate-base", dask_workers=40,
+                                                          threads_per_worker=1)
+    assert more_workers_than_pairs.parallel_pairs == 3
+    assert more_workers_than_pairs.workers.limited_by == "pairs"
+
+
+def test_banner_names_the_cluster(tmp_path):
+    write_ticks(tmp_path / "EURUSD_2020.parquet", rows=100)
+    scan = scan_input_dir(tmp_path)
+    plan = vast_mode.make_cluster_plan(scan.valid, "generate-base", dask_workers=4, threads_per_worker=2)
+    out = io.StringIO()
+    vast_mode.print_resources_banner(fake_resources(cores=2), scan, plan, "generate-base", out,
+                                     cluster="Dask scheduler tcp://127.0.0.1:8786: 4 workers x 2 threads")
+    lines = out.getvalue().splitlines()
+    assert lines[3] == "Runs on:            Dask scheduler tcp://127.0.0.1:8786: 4 workers x 2 threads"
+    assert "Parallel pairs:     1 (one per pair)" in lines
+
+
+def test_submit_error_fails_only_its_pair(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    class RejectingGBPUSD(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            if Path(args[2]).name.startswith("GBPUSD"):
+                raise TypeError("cannot pickle '_thread.lock' object")
+            return super().submit(fn, *args, **kwargs)
+
+    paths = [tmp_path / f"{symbol}_2020.parquet" for symbol in ("EURUSD", "GBPUSD", "USDJPY")]
+    with RejectingGBPUSD(max_workers=2) as executor:
+        summary = vast_mode.run_vast_mode(paths, "generate-base", tmp_path / "out", Config(), 2, 1,
+                                          executor=executor, stream=io.StringIO(), job_function=ok_job)
+    by_pair = {result.pair_year: result for result in summary.results}
+    assert summary.failed == 1
+    assert by_pair["GBPUSD_2020"].message == "not submitted: TypeError: cannot pickle '_thread.lock' object"
+    assert by_pair["EURUSD_2020"].ok
+    assert by_pair["USDJPY_2020"].ok
+
+
+def test_executor_failure_reasons():
+    from concurrent.futures import CancelledError
+
+    class KilledWorker(Exception):
+        """Stand-in with the name and message form of distributed.scheduler.KilledWorker."""
+
+    killed = KilledWorker("Attempted to run task 'run_pair-1' on 4 different workers, but all those workers died "
+                          "while running it. The last worker that attempt to run the task was tcp://127.0.0.1:5. "
+                          "Inspecting worker logs is often a good next step.")
+    reason = vast_mode._executor_failure_reason(killed)
+    assert reason.startswith("Dask worker process died while running this pair (KilledWorker: Attempted to run "
+                             "task 'run_pair-1' on 4 different workers, but all those workers died while running it)")
+    assert "Inspecting" not in reason
+    assert vast_mode._executor_failure_reason(CancelledError()).startswith("cancelled before it finished")
+    assert vast_mode._executor_failure_reason(OSError("disk full")) == "OSError: disk full"
+
+
+def test_heartbeat_lists_unfinished_when_no_future_runs(tmp_path, monkeypatch):
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    class NeverRunningFutures(ThreadPoolExecutor):
+        """Returns futures that never report running(), as Dask's executor does."""
+
+        def submit(self, fn, *args, **kwargs):
+            inner = super().submit(fn, *args, **kwargs)
+            outer: Future = Future()
+            inner.add_done_callback(lambda done: outer.set_result(done.result()))
+            return outer
+
+    monkeypatch.setattr(vast_mode, "HEARTBEAT_SECONDS", 0.2)
+    out = io.StringIO()
+    with NeverRunningFutures(max_workers=1) as executor:
+        summary = vast_mode.run_vast_mode([tmp_path / "EURUSD_2020.parquet"], "generate-base", tmp_path / "out",
+                                          Config(), 1, 1, executor=executor, stream=out, job_function=slow_job)
+    assert summary.failed == 0
+    heartbeats = [line for line in out.getvalue().splitlines() if line.startswith("... [0/1] done")]
+    assert heartbeats
+    assert "1 unfinished (EURUSD_2020)" in heartbeats[0]

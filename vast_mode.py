@@ -6,7 +6,8 @@ Data flow::
         -> names      naming.scan_input_dir: valid PairFiles, invalid files with reasons
         -> plan       resources: cores x memory -> parallel_pairs x workers_per_pair,
                       tick counts and the synthetic marker from each parquet footer
-        -> executor   concurrent.futures.Executor (default: spawn-context process pool)
+        -> executor   concurrent.futures.Executor (default: spawn-context process pool;
+                      with --dask-*, fxresearch.cluster's executor on Dask workers)
         -> pair workers   run_pair in its own process, threads capped at workers_per_pair
         -> stages     fxresearch.base.generate_base / fxresearch.search.search_light
         -> artifacts  output/PAIR_YEAR/...
@@ -16,7 +17,9 @@ Data flow::
 A pair's failure never stops the others. A pair job's exception becomes a failed
 PairResult inside its worker. A crashed worker process (segfault, out-of-memory kill,
 ``os._exit``) breaks only the current pool, and the unfinished pairs then run again in a
-new one. Tracebacks of failed pairs go to the log file, not to the screen.
+new one. On Dask, a worker that dies affects only the pairs it was running: the scheduler
+reruns them on other workers and fails a pair with KilledWorker once its retries are spent.
+Tracebacks of failed pairs go to the log file, not to the screen.
 
 The orchestrator prints progress to a stream because it is the program's user interface;
 the pair jobs below it only log.
@@ -30,7 +33,9 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED, BrokenExecutor, CancelledError, Executor, Future, ProcessPoolExecutor, wait,
+)
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +53,7 @@ from fxresearch.resources import (
 __all__ = [
     "JOBS", "PairResult", "PairSelectionError", "Resources", "RunLogs", "RunPlan", "VastSummary",
     "configure_run_logging", "detect_resources", "make_plan", "new_run_logs", "print_plan",
-    "print_resources_banner", "print_summary", "run_generate_base_single", "run_pair",
+    "make_cluster_plan", "print_resources_banner", "print_summary", "run_generate_base_single", "run_pair",
     "run_search_light_single", "run_single_pair", "run_vast_mode", "select_pairs",
 ]
 
@@ -404,6 +409,27 @@ def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
     return RunPlan(tuple(files), infos, workers, bytes_per_pair, seconds)
 
 
+def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, threads_per_worker: int,
+                      max_workers: int | None = None) -> RunPlan:
+    """Plan a run on a Dask cluster: one pair per Dask worker, its threads for the pair.
+
+    ``parallel_pairs`` is the number of Dask workers (or of pairs, if fewer), and
+    ``workers_per_pair`` is ``max_workers`` or else the threads of the smallest Dask worker.
+    This machine's cores and memory do not limit the plan, because the pairs run on the
+    workers. The memory estimate is still shown, for sizing the workers.
+    """
+    if dask_workers < 1:
+        raise ValueError(f"dask_workers must be at least 1, got {dask_workers}")
+    infos = {f.pair_year: read_tick_file_info(f.path) for f in files}
+    bytes_per_pair = max((estimate_pair_bytes(i.rows) for i in infos.values()), default=0)
+    pairs, limited_by = dask_workers, "dask"
+    if 1 <= len(files) < pairs:
+        pairs, limited_by = len(files), "pairs"
+    workers = WorkerPlan(pairs, max_workers or max(1, threads_per_worker), limited_by)
+    seconds = estimate_run_seconds((i.rows for i in infos.values()), job, pairs)
+    return RunPlan(tuple(files), infos, workers, bytes_per_pair, seconds)
+
+
 def _format_bytes(size: float) -> str:
     return f"{size / GB:.2f} GB" if size >= GB / 10 else f"{size / 1024 ** 2:.1f} MB"
 
@@ -418,8 +444,12 @@ def _format_duration(seconds: float) -> str:
 
 def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan, job_name: str,
                            stream: TextIO = sys.stdout, *, input_dir: str | Path | None = None,
-                           output_dir: str | Path | None = None) -> None:
-    """Print the machine, the input files (each invalid one with its reason) and the plan."""
+                           output_dir: str | Path | None = None, cluster: str | None = None) -> None:
+    """Print the machine, the input files (each invalid one with its reason) and the plan.
+
+    ``cluster`` is a one-line description of the Dask cluster the pairs run on, or None
+    when they run in processes on this machine.
+    """
     rule = "=" * 72
     quota = "none" if resources.cpu_quota is None else f"{resources.cpu_quota:g} cores"
     cgroup_note = " (cgroup memory limit)" if resources.memory_limited_by_cgroup else ""
@@ -432,6 +462,8 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
         f"{resources.ram_available_gb:.1f} GB available{cgroup_note}",
         f"Parquet files:      {len(scan.valid)} valid, {len(scan.invalid)} invalid",
     ]
+    if cluster is not None:
+        lines.insert(3, f"Runs on:            {cluster}")
     for bad in scan.invalid:
         reason = bad.reason if "Expected" in bad.reason else f"{bad.reason} Expected {EXPECTED_FORM}."
         lines.append(f"  INVALID {bad.path.name}: {reason}")
@@ -439,7 +471,7 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
         lines.append(f"Selected by --pairs: {len(plan.files)} of {len(scan.valid)} valid files")
 
     limits = {"cores": "limited by cores", "pairs": "one per pair", "requested": "as requested",
-              "memory": "limited by memory, not cores"}
+              "memory": "limited by memory, not cores", "dask": "one per Dask worker"}
     lines.append(f"Parallel pairs:     {plan.parallel_pairs} ({limits.get(plan.workers.limited_by, '')})")
     lines.append(f"Workers per pair:   {plan.workers_per_pair}")
     for note in plan.workers.notes:
@@ -544,12 +576,12 @@ class _Progress:
         self.ok_mark, self.fail_mark = _status_symbols(stream)
         self.started = time.perf_counter()
 
-    def heartbeat(self, running: Iterable[str]) -> None:
-        """Print a line saying which pairs are still running, for long pairs."""
+    def heartbeat(self, running: Iterable[str], state: str = "running") -> None:
+        """Print a line saying which pairs are still ``state`` (running, or unfinished), for long pairs."""
         names = sorted(running)
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         elapsed = time.perf_counter() - self.started
-        self.stream.write(f"... [{self.done}/{self.total}] done, {len(names)} running ({shown}), "
+        self.stream.write(f"... [{self.done}/{self.total}] done, {len(names)} {state} ({shown}), "
                           f"elapsed {elapsed / 60:.0f}m{elapsed % 60:02.0f}s\n")
         self.stream.flush()
 
@@ -579,19 +611,30 @@ def _run_batch(executor: Executor, pairs: Sequence[PairFile], submit: Callable[[
     died); the executor is unusable afterwards.
     """
     futures: dict[Future, PairFile] = {}
-    try:
-        for pair_file in pairs:
+    unfinished: list[PairFile] = []
+    for index, pair_file in enumerate(pairs):
+        try:
             futures[submit(pair_file)] = pair_file
-    except BrokenExecutor:
-        pass
-    unfinished = [p for p in pairs if p not in futures.values()]
+        except BrokenExecutor:
+            unfinished.extend(pairs[index:])
+            break
+        except Exception as exc:  # e.g. arguments that cannot be pickled for a remote worker
+            logger.error("%s %s could not be submitted", pair_file.pair_year, progress.summary.job,
+                         exc_info=exc, extra={FILE_ONLY: True})
+            progress.record(PairResult(pair_file.pair_year, progress.summary.job, False, 0.0,
+                                       f"not submitted: {_one_line_reason(exc)}"))
 
     pending = set(futures)
     while pending:
         # A pair can run for many minutes, so a line every HEARTBEAT_SECONDS shows the run is alive.
         finished, pending = wait(pending, timeout=HEARTBEAT_SECONDS, return_when=FIRST_COMPLETED)
         if not finished:
-            progress.heartbeat(futures[future].pair_year for future in pending if future.running())
+            running = [futures[future].pair_year for future in pending if future.running()]
+            if running:
+                progress.heartbeat(running)
+            else:
+                # Dask's executor never marks its futures as running, so list every unfinished pair.
+                progress.heartbeat((futures[future].pair_year for future in pending), "unfinished")
             continue
         for future in finished:
             pair_file = futures[future]
@@ -600,12 +643,26 @@ def _run_batch(executor: Executor, pairs: Sequence[PairFile], submit: Callable[[
             except BrokenExecutor:
                 unfinished.append(pair_file)
                 continue
-            except Exception as exc:  # the job function raised outside run_pair, e.g. while unpickling
+            except Exception as exc:  # outside run_pair: unpickling, or a Dask worker that died
                 logger.error("%s %s failed in its worker", pair_file.pair_year, progress.summary.job,
                              exc_info=exc, extra={FILE_ONLY: True})
-                result = PairResult(pair_file.pair_year, progress.summary.job, False, 0.0, _one_line_reason(exc))
+                result = PairResult(pair_file.pair_year, progress.summary.job, False, 0.0,
+                                    _executor_failure_reason(exc))
             progress.record(result)
     return sorted(unfinished, key=lambda p: p.path.name)
+
+
+def _executor_failure_reason(exc: BaseException) -> str:
+    """Return a one-line reason for a pair whose future raised outside ``run_pair``."""
+    if isinstance(exc, CancelledError):
+        return ("cancelled before it finished: the executor was shut down (with Dask: the cluster closed "
+                "or the client lost its scheduler connection)")
+    if type(exc).__name__ == "KilledWorker":
+        # Dask's first sentence names the task and the number of workers tried; the rest is general advice.
+        first_sentence = str(exc).strip().split(". ", 1)[0]
+        return (f"Dask worker process died while running this pair (KilledWorker: {first_sentence}); "
+                "the worker's log says why, often an out-of-memory kill")
+    return _one_line_reason(exc)
 
 
 def _crash_result(pair_file: PairFile, job: str) -> PairResult:
@@ -629,8 +686,10 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
     job
         ``"generate-base"`` or ``"search-light"``.
     executor
-        Any ``concurrent.futures.Executor``. By default a spawn-context process pool of
-        ``parallel_pairs`` processes is made, and made again after a worker crash.
+        Any ``concurrent.futures.Executor``, such as ``fxresearch.cluster.open_dask_executor``'s.
+        By default a spawn-context process pool of ``parallel_pairs`` processes is made, and
+        made again after a worker crash. A future that raises fails its own pair only. A
+        caller's executor that breaks (``BrokenExecutor``) fails every pair it had not finished.
     invalid
         Files the scan rejected; each is counted as a failed pair.
     job_function
