@@ -38,7 +38,8 @@ UNREACHABLE_SCHEDULER = "tcp://127.0.0.1:1"
 def pid_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
     """Report the worker's process id and thread cap."""
     time.sleep(0.2)
-    return {"message": json.dumps({"pid": os.getpid(), "workers": workers, "numba_env": os.environ.get("NUMBA_NUM_THREADS")})}
+    report = {"pid": os.getpid(), "workers": workers, "numba_env": os.environ.get("NUMBA_NUM_THREADS")}
+    return {"message": json.dumps(report)}
 
 
 def flaky_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
@@ -49,6 +50,13 @@ def flaky_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, w
         os._exit(3)
     time.sleep(0.2)
     return {"message": "fake job done"}
+
+
+def timed_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    """Report when the job started and ended, in seconds since the epoch."""
+    started = time.time()
+    time.sleep(0.5)
+    return {"message": json.dumps({"start": started, "end": time.time(), "workers": workers})}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -143,6 +151,42 @@ def test_local_cluster_isolates_failing_pairs(local_dask, tmp_path):
     assert by_pair["USDJPY_2024"].message.startswith("Dask worker process died while running this pair (KilledWorker")
     assert "\n" not in by_pair["USDJPY_2024"].message
     assert "second line" not in out.getvalue()
+
+
+@needs_distributed
+def test_pair_resource_serializes_worker_pairs(tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=":0",
+                      resources={"pair": 1}) as running:
+        with open_dask_executor(address=running.scheduler_address) as (executor, dask_cluster):
+            assert not dask_cluster.local
+            assert dask_cluster.one_pair_per_worker
+            assert dask_cluster.threads_per_worker == 2
+            summary = vast_mode.run_vast_mode(fake_pair_paths(tmp_path, ("EURUSD", "GBPUSD")), "generate-base",
+                                              tmp_path / "out", Config(), 1, 2, executor=executor,
+                                              stream=io.StringIO(), job_function=timed_job)
+
+    assert summary.failed == 0
+    first, second = sorted((json.loads(result.message) for result in summary.results), key=lambda r: r["start"])
+    # Both threads of the worker were free, so only the resource kept the pairs from overlapping.
+    assert second["start"] >= first["end"]
+    assert first["workers"] == 2
+
+
+@needs_distributed
+def test_missing_pair_resource_warns(caplog):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as running:
+        with caplog.at_level(logging.WARNING, logger="fxresearch.cluster"):
+            with open_dask_executor(address=running.scheduler_address) as (_, dask_cluster):
+                assert not dask_cluster.one_pair_per_worker
+    warnings = [record.getMessage() for record in caplog.records if record.name == "fxresearch.cluster"]
+    assert len(warnings) == 1
+    assert "--resources pair=1" in warnings[0]
+    assert running.scheduler_address in warnings[0]
 
 
 def test_describe_cluster_with_pair_resource():
