@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from fxresearch._daily_kernels import daily_pnl_nb
-from fxresearch.metrics import trading_days
+from fxresearch.timeutil import trading_day_ns
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def day_end_marks(timestamp_ns: np.ndarray, bid: np.ndarray,
         empty_float = np.empty(0, dtype=np.float64)
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), empty_float, empty_float.copy()
 
-    days = trading_days(timestamp_ns)
+    days = trading_day_ns(timestamp_ns)
     last = np.append(np.flatnonzero(np.diff(days) != 0), len(days) - 1)
     return days[last], timestamp_ns[last], bid[last], ask[last]
 

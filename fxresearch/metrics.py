@@ -64,21 +64,6 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 PERIOD_SUFFIXES: tuple[str, ...] = ("_is", "_oos")
 
-_NS_PER_HOUR = 60 * NS_PER_MINUTE
-
-
-def trading_days(timestamp_ns: np.ndarray) -> np.ndarray:
-    """Return the trading day of each timestamp, like ``timeutil.trading_day_ns`` but faster.
-
-    New York is a whole number of hours from UTC, so the 17:00 boundary falls on a UTC hour
-    and every tick of one UTC hour shares a trading day. Only distinct hours are converted.
-    """
-    timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64)
-    if len(timestamp_ns) == 0:
-        return np.empty(0, dtype=np.int64)
-    hours, inverse = np.unique(timestamp_ns // _NS_PER_HOUR, return_inverse=True)
-    return trading_day_ns(hours * _NS_PER_HOUR)[inverse]
-
 
 def strategy_metrics(trades: Trades, n_strategies: int, split_ns: int,
                      tick_timestamp_ns: np.ndarray,
@@ -281,11 +266,11 @@ def _daily_sharpe(group: np.ndarray, pips: np.ndarray, exit_time_ns: np.ndarray,
     """Annualised Sharpe ratio of daily P&L per group, zero-P&L days included."""
     tick_timestamp_ns = np.asarray(tick_timestamp_ns, dtype=np.int64)
     split_at = np.searchsorted(tick_timestamp_ns, split_ns, side="left")
-    period_days = (np.unique(trading_days(tick_timestamp_ns[:split_at])),
-                   np.unique(trading_days(tick_timestamp_ns[split_at:])))
+    period_days = (np.unique(trading_day_ns(tick_timestamp_ns[:split_at])),
+                   np.unique(trading_day_ns(tick_timestamp_ns[split_at:])))
 
     # Daily P&L per (group, exit trading day); only days with an exit appear here.
-    exit_day = trading_days(exit_time_ns)
+    exit_day = trading_day_ns(exit_time_ns)
     daily = pd.DataFrame({"group": group, "day": exit_day, "pips": pips}).groupby(["group", "day"]).sum()
     day_group = daily.index.get_level_values("group").to_numpy(dtype=np.int64)
     day = daily.index.get_level_values("day").to_numpy(dtype=np.int64)

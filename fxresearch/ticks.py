@@ -33,7 +33,7 @@ from fxresearch.artifacts import write_json_atomic
 from fxresearch.config import Config
 from fxresearch.instruments import Instrument, get_instrument
 from fxresearch.naming import parse_pair_filename
-from fxresearch.timeutil import NEW_YORK, datetime_to_ns, ns_to_datetime, to_local
+from fxresearch.timeutil import datetime_to_ns, in_weekend_close, ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -537,18 +537,9 @@ def _check_weekend_close(timestamp_ns: np.ndarray, warnings: list[str]) -> int:
     """Count ticks inside the weekend close (Friday 17:00 to Sunday 17:00 New York) and warn.
 
     Such ticks are kept, because some vendors quote through the close, but trades can be
-    filled on them, so a file with many is flagged. Time zones are resolved once per hour
-    of ticks, which is exact because New York offsets are whole hours.
+    filled on them, so a file with many is flagged.
     """
-    if len(timestamp_ns) == 0:
-        return 0
-    hours = timestamp_ns // (3600 * 1_000_000_000)
-    starts = np.flatnonzero(np.r_[True, hours[1:] != hours[:-1]])
-    run_lengths = np.diff(np.r_[starts, len(hours)])
-    local = to_local(hours[starts] * (3600 * 1_000_000_000), NEW_YORK)
-    weekday, hour = local.dayofweek.to_numpy(), local.hour.to_numpy()
-    closed = ((weekday == 4) & (hour >= 17)) | (weekday == 5) | ((weekday == 6) & (hour < 17))
-    n_closed = int(run_lengths[closed].sum())
+    n_closed = int(np.count_nonzero(in_weekend_close(timestamp_ns)))
     if n_closed > WEEKEND_TICK_WARNING_SHARE * len(timestamp_ns):
         warnings.append(
             f"{n_closed} of {len(timestamp_ns)} ticks ({n_closed / len(timestamp_ns):.1%}) fall in the weekend "

@@ -33,16 +33,44 @@ def to_local(timestamp_ns: np.ndarray, zone: str) -> pd.DatetimeIndex:
     return ns_to_datetime(timestamp_ns).tz_convert(zone)
 
 
+NS_PER_HOUR = 60 * NS_PER_MINUTE
+
+
+def _utc_hours(timestamp_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the distinct UTC hours (as ns) of the timestamps and each timestamp's index into them.
+
+    New York is a whole number of hours from UTC, so every tick of one UTC hour has the same
+    New York date, weekday and hour; converting each distinct hour once is exact and far
+    cheaper than converting every tick. Sorted input is grouped in one pass.
+    """
+    hours = np.asarray(timestamp_ns, dtype=np.int64) // NS_PER_HOUR
+    if len(hours) and np.all(hours[1:] >= hours[:-1]):
+        starts = np.flatnonzero(np.r_[True, hours[1:] != hours[:-1]])
+        inverse = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(hours)]))
+        return hours[starts] * NS_PER_HOUR, inverse
+    unique, inverse = np.unique(hours, return_inverse=True)
+    return unique * NS_PER_HOUR, inverse
+
+
 def trading_day_ns(timestamp_ns: np.ndarray) -> np.ndarray:
     """Return each timestamp's FX trading day as int64 day numbers.
 
     A trading day runs from 17:00 to 17:00 New York time and is named by the date it ends on,
     so Sunday 17:00 to Monday 17:00 New York is Monday.
     """
-    local = to_local(timestamp_ns, NEW_YORK)
-    shifted = local + pd.Timedelta(hours=7)
+    hours, inverse = _utc_hours(timestamp_ns)
+    shifted = to_local(hours, NEW_YORK) + pd.Timedelta(hours=7)
     naive = shifted.tz_localize(None).normalize()
-    return (naive.as_unit("ns").asi8 // NS_PER_DAY).astype(np.int64)
+    return (naive.as_unit("ns").asi8 // NS_PER_DAY).astype(np.int64)[inverse]
+
+
+def in_weekend_close(timestamp_ns: np.ndarray) -> np.ndarray:
+    """Return True for timestamps in the weekend close, Friday 17:00 to Sunday 17:00 New York."""
+    hours, inverse = _utc_hours(timestamp_ns)
+    local = to_local(hours, NEW_YORK)
+    weekday, hour = local.dayofweek.to_numpy(), local.hour.to_numpy()
+    closed = ((weekday == 4) & (hour >= 17)) | (weekday == 5) | ((weekday == 6) & (hour < 17))
+    return closed[inverse]
 
 
 def weekend_gap_mask(start_ns: np.ndarray, end_ns: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@ from fxresearch import artifacts
 from fxresearch.artifacts import Manifest
 from fxresearch.config import Config, ConfigError, load_config, section_hash
 from fxresearch.instruments import UnknownInstrumentError, get_instrument
-from fxresearch.timeutil import data_hole_after, datetime_to_ns, trading_day_ns, weekend_gap_mask
+from fxresearch.timeutil import (
+    NEW_YORK, data_hole_after, datetime_to_ns, in_weekend_close, to_local, trading_day_ns, weekend_gap_mask,
+)
 
 
 def test_config_defaults_without_file():
@@ -155,3 +157,18 @@ def test_weekend_close_is_not_a_data_hole():
     # A week-long outage that starts on a Friday is a hole, not the weekend.
     long_gap = datetime_to_ns(["2014-05-02 20:59:58", "2014-05-11 21:00:00"])
     assert list(data_hole_after(long_gap, 30.0)) == [1, 0]
+
+
+def test_hourly_conversion_equals_per_tick_conversion():
+    # Random times over both 2024 daylight-saving changes, unsorted and sorted.
+    rng = np.random.default_rng(2)
+    start = int(datetime_to_ns(["2024-03-01"])[0])
+    timestamp_ns = start + rng.integers(0, 260 * 86_400_000_000_000, 20_000)
+    local = to_local(timestamp_ns, NEW_YORK)
+    expected_day = ((local + pd.Timedelta(hours=7)).tz_localize(None).normalize().as_unit("ns").asi8
+                    // 86_400_000_000_000)
+    weekday, hour = local.dayofweek, local.hour
+    expected_closed = ((weekday == 4) & (hour >= 17)) | (weekday == 5) | ((weekday == 6) & (hour < 17))
+    for values, order in ((timestamp_ns, slice(None)), (np.sort(timestamp_ns), np.argsort(timestamp_ns))):
+        np.testing.assert_array_equal(trading_day_ns(values), expected_day[order])
+        np.testing.assert_array_equal(in_weekend_close(values), np.asarray(expected_closed)[order])

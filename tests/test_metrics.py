@@ -9,7 +9,7 @@ import pytest
 
 from fxresearch.backtest import Trades
 from fxresearch.fills import DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, SIGNAL, STOP_LOSS, TAKE_PROFIT
-from fxresearch.metrics import METRIC_NAMES, PERIOD_SUFFIXES, TRADE_REASONS, strategy_metrics, trading_days
+from fxresearch.metrics import METRIC_NAMES, PERIOD_SUFFIXES, TRADE_REASONS, strategy_metrics
 from fxresearch.timeutil import NS_PER_DAY, NS_PER_MINUTE, datetime_to_ns, trading_day_ns
 
 NS_PER_HOUR = 60 * NS_PER_MINUTE
@@ -337,12 +337,6 @@ def test_bad_stop_loss_raises(stop_loss_pips, message):
     trades = _trades([0, 1], [1.0, 1.0], _minutes(60, 60))
     with pytest.raises(ValueError, match=message):
         strategy_metrics(trades, 2, FAR_FUTURE_NS, ticks, stop_loss_pips=stop_loss_pips)
-
-
-def test_trading_days_match_timeutil():
-    rng = np.random.default_rng(2)
-    timestamp_ns = np.sort(_ns("2024-03-01") + rng.integers(0, 60 * NS_PER_DAY, 5000))
-    np.testing.assert_array_equal(trading_days(timestamp_ns), trading_day_ns(timestamp_ns))
 
 
 def test_strategy_index_out_of_range_raises():
