@@ -158,10 +158,9 @@ def stage_is_current(ctx: PairContext, name: str, config_hash: str, depends: tup
     return ctx.manifest.is_current(name, ctx.fingerprint, config_hash, _depends(ctx, depends))
 
 
-def base_is_current(parquet_path: str | Path, output_dir: str | Path, config: Config) -> bool:
+def base_is_current(ctx: PairContext) -> bool:
     """Return True when every generate-base stage of the pair is current."""
-    ctx = open_pair(parquet_path, output_dir, config)
-    return all(stage_is_current(ctx, name, *spec) for name, spec in _stage_specs(config).items())
+    return all(stage_is_current(ctx, name, *spec) for name, spec in _stage_specs(ctx.config).items())
 
 
 def _run_stage(ctx: PairContext, name: str, config_hash: str, depends: tuple[str, ...],
@@ -249,7 +248,7 @@ def compute_split_ns(timestamp_ns: np.ndarray, train_fraction: float) -> tuple[i
 
 def _build_split(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
     _, details = compute_split_ns(ctx.ticks.timestamp_ns, ctx.config.split.train_fraction)
-    log = logger.warning if "inside a trading day" in details["rule"] else logger.info
+    log = logger.warning if details["split_inside_day"] else logger.info
     log("%s: train/holdout split at %s, %s", ctx.pair_year, details["split_time"], details["rule"])
     return [], details
 

@@ -44,13 +44,12 @@ def search_light(parquet_path: str | Path, output_dir: str | Path, config: Confi
     ``force_rerun`` is given.
     """
     started = time.perf_counter()
-    built_base = False
-    if not base_is_current(parquet_path, output_dir, config):
-        logger.warning("%s: no current research base; building it first", Path(parquet_path).name)
-        ctx = open_pair(parquet_path, output_dir, config)
-        run_base_stages(ctx)
-        built_base = True
+    # One context for base and search, so the file is fingerprinted and its ticks loaded once.
     ctx = open_pair(parquet_path, output_dir, config)
+    built_base = not base_is_current(ctx)
+    if built_base:
+        logger.warning("%s: no current research base; building it first", ctx.pair_year)
+        run_base_stages(ctx)
 
     config_hash = _results_spec(config)
     depends = {name: ctx.manifest.build_id(name) for name in RESULTS_DEPENDS}
