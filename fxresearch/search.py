@@ -267,10 +267,10 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
 
     The periods follow the same rule as the trade metrics: a trade belongs to the period of
     its entry. The in-sample series contains the trades entered before the split, over the
-    days up to the one with the last tick before the split. Any P&L such a trade makes after
-    that day is added to that last day. The holdout series holds the trades entered at or after
-    the split, from the day holding the split on. When the split falls inside a trading day,
-    that day is a column of both series, each with its own trades.
+    days up to the one with the last tick before the split (those trades are closed by then).
+    The holdout series contains the trades entered at or after the split, from the day of the
+    split on. When the split falls inside a trading day, that day is a column of both series,
+    each with its own trades.
     """
     from fxresearch.daily import calmar, daily_pnl_matrix, day_end_marks, sharpe_daily, sortino_daily
     from fxresearch.timeutil import trading_day_ns
@@ -300,9 +300,9 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     first_oos_column = int(np.searchsorted(day_numbers, boundary_days[1]))
     entered_is = trades.entry_time_ns < split_ns
 
-    matrix_is = matrix_of(entered_is)
-    daily_is = matrix_is[:, : last_is_column + 1].copy()
-    daily_is[:, -1] += matrix_is[:, last_is_column + 1:].sum(axis=1)
+    # In-sample trades were closed at the last tick before the split, so their P&L ends on
+    # the last in-sample day.
+    daily_is = matrix_of(entered_is)[:, : last_is_column + 1]
     daily_oos = matrix_of(~entered_is)[:, first_oos_column:]
 
     columns: dict[str, np.ndarray] = {}
