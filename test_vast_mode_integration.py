@@ -8,7 +8,6 @@ features, labels, patterns and regimes, and the backtest results with both perio
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -64,7 +63,7 @@ def assert_full_base(output_dir: Path, pair: str) -> dict:
     return manifest
 
 
-def assert_search_results(output_dir: Path, pair: str, min_strategies: int) -> "pd.DataFrame":
+def assert_search_results(output_dir: Path, pair: str, min_strategies: int):
     import pandas as pd
 
     results = pd.read_parquet(output_dir / pair / f"{pair}_backtest_results.parquet")

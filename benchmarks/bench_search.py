@@ -21,8 +21,9 @@ Steps and what each timing covers:
    then ``metrics.strategy_metrics`` timed on its own.
 6. vectorbt: ``Portfolio.from_signals`` on the same five-minute mid bars and signals for
    a subset of strategies, in column chunks. It works on bars, not ticks, and has no time stop.
-7. Reference: the same backtest on a subset with exits from the plain tick scan
-   ``find_exit_ticks_nb``, and its trades checked against the engine's.
+7. Reference: the same backtest on a subset with ``run_backtests(..., tick_scan=True)``, whose
+   exits come from the plain tick scan ``find_exit_ticks_nb``, checked trade for trade
+   against the engine's bar walk.
 
 The goal checked at the end: signals, backtest and metrics for 10,000 strategies over the
 year in under 120 s, and less time per strategy than vectorbt.
@@ -42,19 +43,17 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from numba import njit, prange
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Run from a checkout without installing the package.
 sys.path.insert(0, str(REPO_ROOT))
 
 from fxresearch import _backtest_kernels, _bar_kernels  # noqa: E402
-from fxresearch._fill_kernels import OPEN_AT_LIMIT, find_exit_ticks_nb  # noqa: E402
-from fxresearch.backtest import run_backtests  # noqa: E402
-from fxresearch.bars import build_bars, entry_tick_index  # noqa: E402
+from fxresearch.backtest import TRADE_COLUMNS, run_backtests  # noqa: E402
+from fxresearch.bars import build_bars  # noqa: E402
 from fxresearch.base import compute_split_ns  # noqa: E402
 from fxresearch.config import Config, SearchConfig  # noqa: E402
-from fxresearch.fills import horizon_to_ns, pips_to_points, prepare_tick_arrays  # noqa: E402
+from fxresearch.fills import prepare_tick_arrays  # noqa: E402
 from fxresearch.metrics import strategy_metrics  # noqa: E402
 from fxresearch.sample import write_benchmark_year  # noqa: E402
 from fxresearch.strategies import (  # noqa: E402
@@ -181,107 +180,6 @@ def evenly_spaced(n_total: int, n_subset: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference: the backtest's signal walk with exits from the plain tick scan.
-
-
-@njit(cache=True)
-def _walk_strategy_ticks_nb(timestamp_ns, bid_pts, ask_pts, hole_after, bar_entry_idx, signal_bar,
-                            signal_side, first_signal, end_signal, stop_points, target_points, horizon_ns):
-    """Walk one strategy like ``_backtest_kernels._walk_strategy_nb``; return (trades, exit_idx sum, pips points sum)."""
-    n_ticks = len(timestamp_ns)
-    n_trades = 0
-    exit_idx_sum = 0
-    points_sum = 0
-    min_entry_idx = 0
-    k = first_signal
-    while k < end_signal:
-        entry_idx = bar_entry_idx[signal_bar[k]]
-        if entry_idx >= n_ticks:
-            break
-        if entry_idx < min_entry_idx:
-            k += 1
-            continue
-        side = np.int64(signal_side[k])
-        k += 1
-        while True:
-            j = k
-            while j < end_signal and signal_side[j] == side:
-                j += 1
-            limit_idx = n_ticks
-            if j < end_signal:
-                limit_idx = bar_entry_idx[signal_bar[j]]
-            entry_pts = ask_pts[entry_idx] if side > 0 else bid_pts[entry_idx]
-            horizon_end_ns = _backtest_kernels._horizon_end_ns(timestamp_ns[entry_idx], horizon_ns)
-            exit_idx, exit_pts, reason = find_exit_ticks_nb(
-                timestamp_ns, bid_pts, ask_pts, hole_after, entry_idx, side,
-                entry_pts - side * stop_points, entry_pts + side * target_points, horizon_end_ns, limit_idx,
-            )
-            n_trades += 1
-            exit_idx_sum += exit_idx
-            points_sum += (exit_pts - entry_pts) * side
-            if reason != OPEN_AT_LIMIT:
-                min_entry_idx = exit_idx
-                break
-            # Stop and reverse at the opposite signal's entry tick.
-            side = -side
-            entry_idx = limit_idx
-            k = j + 1
-    return n_trades, exit_idx_sum, points_sum
-
-
-@njit(cache=True, parallel=True)
-def run_reference_nb(timestamp_ns, bid_pts, ask_pts, hole_after, bar_entry_idx, signal_offsets, signal_bar,
-                     signal_side, strategy_row, stop_points, target_points, horizon_ns):
-    """Run ``_walk_strategy_ticks_nb`` for each strategy in a ``prange``; return three int64 arrays."""
-    n_strategies = len(strategy_row)
-    n_trades = np.zeros(n_strategies, dtype=np.int64)
-    exit_idx_sum = np.zeros(n_strategies, dtype=np.int64)
-    points_sum = np.zeros(n_strategies, dtype=np.int64)
-    for s in prange(n_strategies):
-        row = strategy_row[s]
-        n_trades[s], exit_idx_sum[s], points_sum[s] = _walk_strategy_ticks_nb(
-            timestamp_ns, bid_pts, ask_pts, hole_after, bar_entry_idx, signal_bar, signal_side,
-            signal_offsets[row], signal_offsets[row + 1], stop_points[s], target_points[s], horizon_ns,
-        )
-    return n_trades, exit_idx_sum, points_sum
-
-
-def run_reference(arrays, bars, strategies, signals_by_key, instrument, horizon_minutes):
-    """Return per-strategy (trade count, exit tick sum, pips points sum) from the plain tick scan."""
-    row_of_key: dict[tuple[str, str], int] = {}
-    row_bars: list[np.ndarray] = []
-    row_sides: list[np.ndarray] = []
-    strategy_row = np.empty(len(strategies), dtype=np.int64)
-    for s, strategy in enumerate(strategies):
-        if strategy.signal_key not in row_of_key:
-            signal = signals_by_key[strategy.signal_key]
-            nonzero = np.flatnonzero(signal)
-            row_of_key[strategy.signal_key] = len(row_bars)
-            row_bars.append(nonzero.astype(np.int64))
-            row_sides.append(signal[nonzero].astype(np.int8))
-        strategy_row[s] = row_of_key[strategy.signal_key]
-    signal_offsets = np.zeros(len(row_bars) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in row_bars], out=signal_offsets[1:])
-    stop_points = np.array([pips_to_points(s.stop_loss_pips, instrument) for s in strategies], dtype=np.int64)
-    target_points = np.array([pips_to_points(s.take_profit_pips, instrument) for s in strategies], dtype=np.int64)
-    return run_reference_nb(
-        *arrays.tick_args(), entry_tick_index(arrays.timestamp_ns, bars, TIMEFRAME_MIN), signal_offsets,
-        np.concatenate(row_bars), np.concatenate(row_sides), strategy_row, stop_points, target_points,
-        np.int64(horizon_to_ns(horizon_minutes)),
-    )
-
-
-def engine_totals(trades, subset: np.ndarray, entry_pts_by_trade: np.ndarray, exit_pts_by_trade: np.ndarray):
-    """Return the engine's per-strategy (trade count, exit tick sum, pips points sum) for ``subset``."""
-    n_strategies = int(subset.max()) + 1 if len(subset) else 0
-    counts = np.bincount(trades.strategy_index, minlength=n_strategies)
-    exit_sums = np.bincount(trades.strategy_index, weights=trades.exit_idx, minlength=n_strategies)
-    points = (exit_pts_by_trade - entry_pts_by_trade) * trades.side.astype(np.int64)
-    point_sums = np.bincount(trades.strategy_index, weights=points, minlength=n_strategies)
-    return counts[subset], exit_sums[subset].round().astype(np.int64), point_sums[subset].round().astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
 # vectorbt on five-minute bars.
 
 
@@ -344,8 +242,9 @@ def warm_up_engine(ticks, instrument, max_gap_minutes: float, horizon_minutes: f
     context = SignalContext(bars=bars, timeframe_min=TIMEFRAME_MIN, instrument=instrument)
     signals = {s.signal_key: compute_signals(s.family, s.params, context) for s in strategies}
     run_backtests(arrays, bars, TIMEFRAME_MIN, strategies, signals, instrument, horizon_minutes, workers=workers)
-    run_reference(arrays, bars, strategies, signals, instrument, horizon_minutes)
-    kernels = (_backtest_kernels.run_strategies_nb, _bar_kernels.build_bars_nb, run_reference_nb)
+    run_backtests(arrays, bars, TIMEFRAME_MIN, strategies, signals, instrument, horizon_minutes, workers=workers,
+                  tick_scan=True)
+    kernels = (_backtest_kernels.run_strategies_nb, _bar_kernels.build_bars_nb)
     from_cache = all(sum(kernel.stats.cache_hits.values()) > 0 for kernel in kernels)
     return time.perf_counter() - started, from_cache
 
@@ -452,18 +351,18 @@ def main(argv: list[str] | None = None) -> int:
     reference_line = "not run (--skip-reference)"
     if not args.skip_reference:
         subset = evenly_spaced(n_strategies, args.reference_strategies)
+        chosen = [strategies[i] for i in subset]
         started = time.perf_counter()
-        reference = run_reference(arrays, bars, [strategies[i] for i in subset], signals_by_key, instrument,
-                                  horizon_minutes)
+        reference = run_backtests(arrays, bars, TIMEFRAME_MIN, chosen, signals_by_key, instrument, horizon_minutes,
+                                  workers=args.workers, tick_scan=True)
         reference_per_strategy = (time.perf_counter() - started) / len(subset)
         ours_per_strategy = time_engine(subset, args.workers)
-        entry_pts = np.rint(trades.entry_price / instrument.point_size).astype(np.int64)
-        exit_pts = np.rint(trades.exit_price / instrument.point_size).astype(np.int64)
-        engine = engine_totals(trades, subset, entry_pts, exit_pts)
-        agree = all(np.array_equal(ours, theirs) for ours, theirs in zip(engine, reference))
+        engine = run_backtests(arrays, bars, TIMEFRAME_MIN, chosen, signals_by_key, instrument, horizon_minutes,
+                               workers=args.workers)
+        agree = all(np.array_equal(getattr(engine, name), getattr(reference, name)) for name in TRADE_COLUMNS)
         print(f"reference tick scan: {len(subset):,} strategies, {reference_per_strategy * 1e3:.2f} ms per strategy, "
-              f"ours {ours_per_strategy * 1e3:.2f} ms, both on {args.workers} workers; trade counts, exit ticks and "
-              f"pips {'match' if agree else 'DIFFER FROM'} the engine's")
+              f"ours {ours_per_strategy * 1e3:.2f} ms, both on {args.workers} workers; trades "
+              f"{'match' if agree else 'DIFFER FROM'} the engine's, trade for trade")
         reference_line = (f"{reference_per_strategy * 1e3:.2f} ms/strategy on {len(subset):,} strategies; "
                           f"ours/reference = {ours_per_strategy / reference_per_strategy:.3f}; "
                           f"trades {'match' if agree else 'DIFFER'}")

@@ -3,8 +3,9 @@
 The kernel takes and returns numpy arrays and plain numbers only. ``fxresearch.backtest``
 validates the input, states the trading rules and converts points to prices and pips. Every
 exit by stop-loss, take-profit, horizon, data hole or end of data comes from
-``fxresearch._fill_kernels.find_exit_bars_nb``. This module only decides when a trade opens
-and when an opposite signal closes it.
+``fxresearch._fill_kernels.find_exit_bars_nb``, or from the plain tick scan
+``find_exit_ticks_nb`` when ``tick_scan`` is set (the reference the benchmark times). This
+module only decides when a trade opens and when an opposite signal closes it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from fxresearch._fill_kernels import NO_HORIZON_NS, OPEN_AT_LIMIT, SIGNAL, find_exit_bars_nb
+from fxresearch._fill_kernels import NO_HORIZON_NS, OPEN_AT_LIMIT, SIGNAL, find_exit_bars_nb, find_exit_ticks_nb
 
 
 @njit(cache=True)
@@ -29,7 +30,7 @@ def _walk_strategy_nb(
     bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
     bar_has_hole, bar_end_ns,
     bar_entry_idx, signal_bar, signal_side, first_signal, end_signal,
-    stop_points, target_points, horizon_ns,
+    stop_points, target_points, horizon_ns, tick_scan,
     out_side, out_signal_bar, out_entry_idx, out_entry_pts, out_exit_idx, out_exit_pts,
     out_reason, out_start,
 ):
@@ -71,12 +72,18 @@ def _walk_strategy_nb(
             stop_pts = entry_pts - side * stop_points
             target_pts = entry_pts + side * target_points
             horizon_end_ns = _horizon_end_ns(timestamp_ns[entry_idx], horizon_ns)
-            exit_idx, exit_pts, reason = find_exit_bars_nb(
-                timestamp_ns, bid_pts, ask_pts, hole_after,
-                entry_idx, side, stop_pts, target_pts, horizon_end_ns, limit_idx,
-                bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts,
-                bar_ask_high_pts, bar_has_hole, bar_end_ns,
-            )
+            if tick_scan:
+                exit_idx, exit_pts, reason = find_exit_ticks_nb(
+                    timestamp_ns, bid_pts, ask_pts, hole_after,
+                    entry_idx, side, stop_pts, target_pts, horizon_end_ns, limit_idx,
+                )
+            else:
+                exit_idx, exit_pts, reason = find_exit_bars_nb(
+                    timestamp_ns, bid_pts, ask_pts, hole_after,
+                    entry_idx, side, stop_pts, target_pts, horizon_end_ns, limit_idx,
+                    bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts,
+                    bar_ask_high_pts, bar_has_hole, bar_end_ns,
+                )
 
             row = out_start + n_trades
             out_side[row] = side
@@ -109,7 +116,7 @@ def run_strategies_nb(
     bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
     bar_has_hole, bar_end_ns,
     bar_entry_idx, signal_offsets, signal_bar, signal_side,
-    strategy_row, stop_points, target_points, horizon_ns, out_offsets,
+    strategy_row, stop_points, target_points, horizon_ns, out_offsets, tick_scan=False,
 ):
     """Backtest many strategies in parallel, one ``prange`` iteration per strategy.
 
@@ -142,7 +149,7 @@ def run_strategies_nb(
             bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts,
             bar_ask_high_pts, bar_has_hole, bar_end_ns,
             bar_entry_idx, signal_bar, signal_side, signal_offsets[row], signal_offsets[row + 1],
-            stop_points[s], target_points[s], horizon_ns,
+            stop_points[s], target_points[s], horizon_ns, tick_scan,
             out_side, out_signal_bar, out_entry_idx, out_entry_pts, out_exit_idx, out_exit_pts,
             out_reason, out_offsets[s],
         )

@@ -228,6 +228,7 @@ def run_backtests(
     horizon_minutes: float | None,
     workers: int = 1,
     entry_filter: EntryFilter | None = None,
+    tick_scan: bool = False,
 ) -> Trades:
     """Backtest strategies on ticks: entries from per-bar signals, exits from the fill kernel.
 
@@ -248,6 +249,9 @@ def run_backtests(
     entry_filter : EntryFilter or None
         Rules that skip signals at their entry tick; None skips only signals without a tick.
         ``EntryFilter.from_search(config.search)`` gives the configured rules.
+    tick_scan : bool
+        Find exits with the plain tick-by-tick scan instead of the one-minute bar walk. The
+        trades are identical and slower to get; benchmarks use it as the reference.
 
     Returns
     -------
@@ -318,7 +322,8 @@ def run_backtests(
     try:
         parts = [
             _run_chunk(tick_arrays, bar_entry_idx, signal_offsets, signal_bar, signal_side,
-                       strategy_row[chunk], stop_points[chunk], target_points[chunk], horizon_ns, chunk)
+                       strategy_row[chunk], stop_points[chunk], target_points[chunk], horizon_ns, chunk,
+                       tick_scan)
             for chunk in _chunks(signal_counts[strategy_row], MAX_SIGNALS_PER_CALL)
         ]
     finally:
@@ -366,14 +371,14 @@ def _chunks(capacity: np.ndarray, max_rows: int) -> list[np.ndarray]:
 def _run_chunk(tick_arrays: TickArrays, bar_entry_idx: np.ndarray, signal_offsets: np.ndarray,
                signal_bar: np.ndarray, signal_side: np.ndarray, strategy_row: np.ndarray,
                stop_points: np.ndarray, target_points: np.ndarray, horizon_ns: np.int64,
-               strategy_index: np.ndarray) -> dict[str, np.ndarray]:
+               strategy_index: np.ndarray, tick_scan: bool = False) -> dict[str, np.ndarray]:
     capacity = signal_offsets[strategy_row + 1] - signal_offsets[strategy_row]
     out_offsets = np.zeros(len(strategy_row) + 1, dtype=np.int64)
     np.cumsum(capacity, out=out_offsets[1:])
     n_trades, side, signal_bar_out, entry_idx, entry_pts, exit_idx, exit_pts, reason = run_strategies_nb(
         *tick_arrays.tick_args(), *tick_arrays.bar_args(),
         bar_entry_idx, signal_offsets, signal_bar, signal_side,
-        strategy_row, stop_points, target_points, horizon_ns, out_offsets,
+        strategy_row, stop_points, target_points, horizon_ns, out_offsets, tick_scan,
     )
 
     # Keep the first n_trades[s] rows of each strategy's block.

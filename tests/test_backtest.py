@@ -447,6 +447,16 @@ def test_serial_equals_parallel(random_market, entry_filter):
         assert totals["no_entry_window"] > 0
 
 
+def test_tick_scan_equals_bar_walk(random_market):
+    arrays, bars = random_market
+    strategies, signals = _random_strategies(len(bars), n_rows=10, seed=12, density=0.08)
+    walked = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0)
+    scanned = run_backtests(arrays, bars, 5, strategies, signals, EURUSD, 240.0, tick_scan=True)
+    assert len(walked) > 100
+    for name in TRADE_COLUMNS:
+        np.testing.assert_array_equal(getattr(walked, name), getattr(scanned, name), err_msg=name)
+
+
 def test_chunked_run_equals_single_call(random_market, monkeypatch):
     arrays, bars = random_market
     strategies, signals = _random_strategies(len(bars), n_rows=5, seed=8, density=0.05)

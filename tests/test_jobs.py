@@ -13,7 +13,7 @@ import pytest
 
 from fxresearch import artifacts
 from fxresearch.base import compute_split_ns, generate_base
-from fxresearch.config import Config, FeaturesConfig, LabelsConfig, SampleConfig, SearchConfig
+from fxresearch.config import Config, SampleConfig, SearchConfig
 from fxresearch.sample import write_sample_set
 from fxresearch.search import search_light
 

@@ -10,7 +10,7 @@ import pytest
 from fxresearch.backtest import Trades
 from fxresearch.fills import DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, SIGNAL, STOP_LOSS, TAKE_PROFIT
 from fxresearch.metrics import METRIC_NAMES, PERIOD_SUFFIXES, TRADE_REASONS, strategy_metrics
-from fxresearch.timeutil import NS_PER_DAY, NS_PER_MINUTE, datetime_to_ns, trading_day_ns
+from fxresearch.timeutil import NS_PER_DAY, NS_PER_MINUTE, datetime_to_ns
 
 NS_PER_HOUR = 60 * NS_PER_MINUTE
 FAR_FUTURE_NS = int(datetime_to_ns(["2030-01-01"])[0])
