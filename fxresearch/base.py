@@ -206,8 +206,8 @@ def compute_split_ns(timestamp_ns: np.ndarray, train_fraction: float) -> tuple[i
     after ``train_fraction`` of the days that have ticks. Short files often hold partial
     days, so a day count can put 98 % of the ticks in training. When the training share of
     ticks misses ``train_fraction`` by more than ``SPLIT_TICK_SHARE_TOLERANCE``, the split
-    moves to the day start closest to that share of ticks, and when no day start is close
-    enough (one or two trading days), to the tick at that share, inside a day.
+    moves to the day start closest to that share of ticks. When no day start is close enough
+    (one or two trading days), it moves to the tick at that share, inside a day.
     """
     timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64)
     n_ticks = len(timestamp_ns)

@@ -15,7 +15,7 @@ Market assumptions:
 - When the caller passes ``day_close_bid`` and ``day_close_ask``, a long is marked at the bid
   and a short at the ask, the prices each would close at. Otherwise both are marked at the
   mid. Either way the days of one trade sum to its P&L, and only the split differs.
-- No swap, commission or slippage is added here: the matrix holds the price P&L of the
+- No swap, commission or slippage is added here: the matrix contains the price P&L of the
   trade prices given.
 - Ratios are annualised with 260 trading days a year, like ``fxresearch.metrics``.
 """

@@ -117,7 +117,7 @@ def build_regimes(features: pd.DataFrame, split_ns: int,
         median volatility and the inertia. Each regime has its id, name, training and holdout
         counts, and centre in original units. The centre gives ``rv_<w>`` as a one-bar
         log-return std, ``trend_<k>`` in volatility units and ``er_<m>``. When the data are
-        too few, ``insufficient_data`` holds the reason instead of the fit.
+        too few, ``insufficient_data`` contains the reason instead of the fit.
 
     Raises
     ------

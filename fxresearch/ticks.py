@@ -528,8 +528,8 @@ def _check_invalid_fraction(counts: dict[str, Any], rows_read: int, path: Path,
     )
 
 
-# Share of ticks inside the weekend close above which the report warns; a few quotes just
-# after Friday 17:00 New York are normal for some vendors.
+# Share of ticks inside the weekend close above which the report warns. It is not zero
+# because a few quotes just after Friday 17:00 New York are normal for some vendors.
 WEEKEND_TICK_WARNING_SHARE = 0.005
 
 
