@@ -130,30 +130,48 @@ class Manifest:
     def entry(self, name: str) -> dict[str, Any] | None:
         return self.document["artifacts"].get(name)
 
-    def is_current(self, name: str, input_fingerprint: str, config_hash: str,
-                   depends_on: dict[str, str] | None = None) -> bool:
-        """Return True when the artifact exists on disk and was built from the same inputs."""
+    def stale_reason(self, name: str, input_fingerprint: str, config_hash: str,
+                     depends_on: dict[str, str] | None = None, code_version: str = __version__) -> str | None:
+        """Return why the artifact must be rebuilt, or None when it is current.
+
+        The reasons, checked in this order: never built, input file changed, configuration
+        changed, code changed, an input stage was rebuilt, a recorded file is missing.
+        """
         entry = self.entry(name)
         if entry is None:
-            return False
-        if (entry.get("input_fingerprint") != input_fingerprint
-                or entry.get("config_hash") != config_hash
-                or entry.get("code_version") != __version__
-                or entry.get("depends_on", {}) != (depends_on or {})):
-            return False
-        return all((self.directory / f).exists() for f in entry.get("files", []))
+            return "not built yet"
+        if entry.get("input_fingerprint") != input_fingerprint:
+            return "input file changed"
+        if entry.get("config_hash") != config_hash:
+            return "configuration changed"
+        if entry.get("code_version") != code_version:
+            return "code changed"
+        if entry.get("depends_on", {}) != (depends_on or {}):
+            changed = sorted(k for k in set(entry.get("depends_on", {})) | set(depends_on or {})
+                             if entry.get("depends_on", {}).get(k) != (depends_on or {}).get(k))
+            return f"rebuilt input: {', '.join(changed)}"
+        missing = [f for f in entry.get("files", []) if not (self.directory / f).exists()]
+        if missing:
+            return f"file missing: {missing[0]}"
+        return None
+
+    def is_current(self, name: str, input_fingerprint: str, config_hash: str,
+                   depends_on: dict[str, str] | None = None, code_version: str = __version__) -> bool:
+        """Return True when the artifact exists on disk and was built from the same inputs."""
+        return self.stale_reason(name, input_fingerprint, config_hash, depends_on, code_version) is None
 
     def record(self, name: str, files: list[str], input_fingerprint: str, config_hash: str,
-               depends_on: dict[str, str] | None = None, **extra: Any) -> str:
+               depends_on: dict[str, str] | None = None, code_version: str = __version__,
+               **extra: Any) -> str:
         """Record a freshly built artifact and return its build id (used by dependants)."""
         build_id = hashlib.sha256(
-            json.dumps([name, input_fingerprint, config_hash, __version__, depends_on or {}],
+            json.dumps([name, input_fingerprint, config_hash, code_version, depends_on or {}],
                        sort_keys=True).encode()).hexdigest()[:16]
         self.document["artifacts"][name] = {
             "files": files,
             "input_fingerprint": input_fingerprint,
             "config_hash": config_hash,
-            "code_version": __version__,
+            "code_version": code_version,
             "depends_on": depends_on or {},
             "build_id": build_id,
             **extra,

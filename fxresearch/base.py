@@ -24,6 +24,7 @@ import pandas as pd
 
 from fxresearch import artifacts, naming
 from fxresearch.artifacts import Manifest
+from fxresearch.codeversion import code_version
 from fxresearch.config import Config, section_hash
 from fxresearch.instruments import Instrument, get_instrument
 from fxresearch.timeutil import ns_to_datetime, trading_day_ns
@@ -153,9 +154,15 @@ def _depends(ctx: PairContext, names: tuple[str, ...]) -> dict[str, str]:
     return {name: ctx.manifest.build_id(name) for name in names}
 
 
+def stage_stale_reason(ctx: PairContext, name: str, config_hash: str, depends: tuple[str, ...]) -> str | None:
+    """Return why the stage must be rebuilt (input, config, code or an input stage changed), or None."""
+    return ctx.manifest.stale_reason(name, ctx.fingerprint, config_hash, _depends(ctx, depends),
+                                     code_version(name))
+
+
 def stage_is_current(ctx: PairContext, name: str, config_hash: str, depends: tuple[str, ...]) -> bool:
     """Return True when the stage's recorded build matches the input, config, code and inputs."""
-    return ctx.manifest.is_current(name, ctx.fingerprint, config_hash, _depends(ctx, depends))
+    return stage_stale_reason(ctx, name, config_hash, depends) is None
 
 
 def base_is_current(ctx: PairContext) -> bool:
@@ -165,10 +172,12 @@ def base_is_current(ctx: PairContext) -> bool:
 
 def _run_stage(ctx: PairContext, name: str, config_hash: str, depends: tuple[str, ...],
                build: Callable[[PairContext], tuple[list[str], dict[str, Any]]]) -> None:
-    if not ctx.force_rerun and stage_is_current(ctx, name, config_hash, depends):
+    reason = "forced" if ctx.force_rerun else stage_stale_reason(ctx, name, config_hash, depends)
+    if reason is None:
         ctx.reused.append(name)
         logger.info("%s: %s is current, reused", ctx.pair_year, name)
         return
+    logger.info("%s: building %s (%s)", ctx.pair_year, name, reason)
     started = time.perf_counter()
     try:
         files, extra = build(ctx)
@@ -176,7 +185,7 @@ def _run_stage(ctx: PairContext, name: str, config_hash: str, depends: tuple[str
         raise StageError(f"{ctx.pair_year}: stage {name} failed: {exc}") from exc
     seconds = time.perf_counter() - started
     ctx.manifest.record(name, files, ctx.fingerprint, config_hash, _depends(ctx, depends),
-                        seconds=round(seconds, 3), **extra)
+                        code_version(name), seconds=round(seconds, 3), **extra)
     # Saved after each stage, so a killed run keeps the stages it finished.
     ctx.manifest.save()
     ctx.built.append(name)

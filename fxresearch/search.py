@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fxresearch import artifacts
+from fxresearch.codeversion import code_version
 from fxresearch.base import PairContext, base_is_current, open_pair, run_base_stages
 from fxresearch.config import Config, section_hash
 
@@ -53,12 +54,17 @@ def search_light(parquet_path: str | Path, output_dir: str | Path, config: Confi
 
     config_hash = _results_spec(config)
     depends = {name: ctx.manifest.build_id(name) for name in RESULTS_DEPENDS}
-    if not force_rerun and ctx.manifest.is_current(RESULTS_STAGE, ctx.fingerprint, config_hash, depends):
+    code = code_version(RESULTS_STAGE)
+    reason = "forced" if force_rerun else ctx.manifest.stale_reason(RESULTS_STAGE, ctx.fingerprint, config_hash,
+                                                                    depends, code)
+    if reason is None:
         entry = ctx.manifest.entry(RESULTS_STAGE)
         message = f"results reused ({entry.get('n_strategies', 0)} strategies)"
     else:
+        logger.info("%s: building %s (%s)", ctx.pair_year, RESULTS_STAGE, reason)
         extra = _build_results(ctx, workers)
-        ctx.manifest.record(RESULTS_STAGE, extra.pop("files"), ctx.fingerprint, config_hash, depends, **extra)
+        ctx.manifest.record(RESULTS_STAGE, extra.pop("files"), ctx.fingerprint, config_hash, depends, code,
+                            **extra)
         ctx.manifest.save()
         message = f"{extra['n_strategies']} strategies, {extra['n_trades']} trades in {extra['seconds']:.1f}s"
         if extra.get("pbo") is not None:
