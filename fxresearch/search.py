@@ -137,7 +137,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     from fxresearch.costs import apply_spread_markup, spread_markup_for, trade_costs_and_pnl
     from fxresearch.fills import DATA_GAP, END_OF_DATA, close_positions_at, prepare_tick_arrays
     from fxresearch.metrics import strategy_metrics
-    from fxresearch.strategies import SignalContext, compute_signals, generate_strategies
+    from fxresearch.strategies import SignalContext, generate_strategies
     from fxresearch.user_templates import load_user_templates
 
     started = time.perf_counter()
@@ -180,7 +180,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     # User templates are loaded here, in the pair's process: their functions cannot be pickled.
     user_templates = load_user_templates(search.user_templates_dir) if search.user_templates_dir else {}
     strategies = generate_strategies(search, context.available(), user_templates)
-    signals = {s.signal_key: compute_signals(s.family, s.params, context, user_templates) for s in strategies}
+    signals = _compute_signal_grid(ctx.pair_year, strategies, context, user_templates)
     logger.info("%s: %d strategies from %d signal sets on %d bars of %d minutes",
                 ctx.pair_year, len(strategies), len(signals), len(bars), timeframe_min)
 
@@ -195,8 +195,14 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     # end of a file, so no in-sample figure depends on a holdout price.
     last_is_tick = int(np.searchsorted(ticks.timestamp_ns, split_ns, side="left")) - 1
     split_arrays = close_positions_at(arrays, last_is_tick) if last_is_tick >= 0 else arrays
+    # NOTE: the backtest of the whole grid is one numba call, so it logs no progress while it runs.
+    logger.info("%s: backtesting %d strategies on %d ticks", ctx.pair_year, len(strategies), len(ticks.timestamp_ns))
+    backtest_started = time.perf_counter()
     trades = run_backtests(split_arrays, bars, timeframe_min, strategies, signals, ctx.instrument,
                            search.horizon_minutes, workers=workers, entry_filter=EntryFilter.from_search(search))
+    backtest_seconds = time.perf_counter() - backtest_started
+    logger.info("%s: backtested %d strategies in %.1fs (%.0f strategies/s)", ctx.pair_year, len(strategies),
+                backtest_seconds, len(strategies) / max(backtest_seconds, 1e-9))
     if last_is_tick >= 0 and not arrays.hole_after[last_is_tick]:
         closed_at_split = (trades.exit_idx == last_is_tick) & (trades.reason == DATA_GAP)
         trades.reason[closed_at_split] = END_OF_DATA
@@ -261,6 +267,40 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
             "pbo": report["pbo"]["value"], "effective_trials": report["effective_trials"], "entry_skips": skips}
 
 
+# A grid stage logs its progress at most this often, and at least at every tenth of its work.
+PROGRESS_SECONDS = 30.0
+
+
+def _compute_signal_grid(pair_year: str, strategies: list, context: Any,
+                         user_templates: dict) -> dict[tuple[str, str], np.ndarray]:
+    """Compute each distinct signal array of the grid once, logging percent done and rate.
+
+    SL/TP variants of one family and parameter set share a signal key, so the work is one
+    ``compute_signals`` call per key. A progress line goes to the log at each tenth of the
+    keys, or after ``PROGRESS_SECONDS`` without one, whichever comes first.
+    """
+    from fxresearch.strategies import compute_signals
+
+    keys: dict[tuple[str, str], Any] = {}
+    for strategy in strategies:
+        keys.setdefault(strategy.signal_key, strategy)
+    total = len(keys)
+    started = last_logged = time.perf_counter()
+    next_tenth = 1
+    signals: dict[tuple[str, str], np.ndarray] = {}
+    for done, (key, strategy) in enumerate(keys.items(), start=1):
+        signals[key] = compute_signals(strategy.family, strategy.params, context, user_templates)
+
+        now = time.perf_counter()
+        if done * 10 >= next_tenth * total or now - last_logged >= PROGRESS_SECONDS:
+            elapsed = now - started
+            logger.info("%s: signals %d of %d (%.0f%%) in %.1fs, %.1f signal sets/s", pair_year, done, total,
+                        100.0 * done / total, elapsed, done / max(elapsed, 1e-9))
+            last_logged = now
+            next_tenth = done * 10 // total + 1
+    return signals
+
+
 def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, ask: np.ndarray,
               metrics: pd.DataFrame, n_strategies: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Compute daily ratios, the ranking score, walk-forward folds and PBO for one pair.
@@ -281,8 +321,8 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     from fxresearch.daily import calmar, daily_pnl_matrix, day_end_marks, sharpe_daily, sortino_daily
     from fxresearch.timeutil import trading_day_ns
     from fxresearch.validation import (
-        effective_number_of_trials, horizon_days, probability_of_backtest_overfitting, score_column,
-        walk_forward_folds, walk_forward_select,
+        cluster_sharpe_variance, effective_number_of_trials, horizon_days, probability_of_backtest_overfitting,
+        score_column, walk_forward_folds, walk_forward_select,
     )
 
     validation = ctx.config.validation
@@ -336,6 +376,9 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
         "trials_tried": n_strategies,
         "effective_trials": int(trials.n_effective),
         "flat_strategies": int(trials.n_flat),
+        # V of the deflated Sharpe ratio (per-day Sharpe, squared), so a cross-pair leaderboard
+        # can deflate the score again with the trial count of a whole run.
+        "sharpe_variance_is": cluster_sharpe_variance(daily_is, trials.labels, validation.min_days),
     }
 
     purge_days = horizon_days(ctx.config.search.horizon_minutes)
