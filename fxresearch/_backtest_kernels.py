@@ -17,7 +17,7 @@ from fxresearch._fill_kernels import NO_HORIZON_NS, OPEN_AT_LIMIT, SIGNAL, find_
 
 
 @njit(cache=True)
-def _horizon_end_ns(entry_time_ns, horizon_ns):
+def _horizon_end_ns(entry_time_ns: int, horizon_ns: int):
     # Saturate instead of overflowing int64 when there is no horizon.
     if horizon_ns >= NO_HORIZON_NS - entry_time_ns:
         return NO_HORIZON_NS
@@ -26,13 +26,14 @@ def _horizon_end_ns(entry_time_ns, horizon_ns):
 
 @njit(cache=True)
 def _walk_strategy_nb(
-    timestamp_ns, bid_pts, ask_pts, hole_after,
-    bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
-    bar_has_hole, bar_end_ns,
-    bar_entry_idx, signal_bar, signal_side, first_signal, end_signal,
-    stop_points, target_points, horizon_ns, tick_scan,
-    out_side, out_signal_bar, out_entry_idx, out_entry_pts, out_exit_idx, out_exit_pts,
-    out_reason, out_start,
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
+    bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
+    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray, bar_entry_idx: np.ndarray,
+    signal_bar: np.ndarray, signal_side: np.ndarray, first_signal: int, end_signal: int,
+    stop_points: int, target_points: int, horizon_ns: int, tick_scan: bool, out_side: np.ndarray,
+    out_signal_bar: np.ndarray, out_entry_idx: np.ndarray, out_entry_pts: np.ndarray,
+    out_exit_idx: np.ndarray, out_exit_pts: np.ndarray, out_reason: np.ndarray, out_start: int,
 ):
     """Walk one strategy's signals ``first_signal .. end_signal - 1``; return its trade count.
 
@@ -112,12 +113,14 @@ def _walk_strategy_nb(
 
 @njit(cache=True, parallel=True)
 def run_strategies_nb(
-    timestamp_ns, bid_pts, ask_pts, hole_after,
-    bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
-    bar_has_hole, bar_end_ns,
-    bar_entry_idx, signal_offsets, signal_bar, signal_side,
-    strategy_row, stop_points, target_points, horizon_ns, out_offsets, tick_scan=False,
-):
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
+    bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
+    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray, bar_entry_idx: np.ndarray,
+    signal_offsets: np.ndarray, signal_bar: np.ndarray, signal_side: np.ndarray,
+    strategy_row: np.ndarray, stop_points: np.ndarray, target_points: np.ndarray, horizon_ns: int,
+    out_offsets: np.ndarray, tick_scan: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Backtest many strategies in parallel, one ``prange`` iteration per strategy.
 
     Signals are stored by row in CSR form: row r contains ``signal_bar`` and ``signal_side``

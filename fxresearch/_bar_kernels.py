@@ -14,7 +14,7 @@ from numba import njit
 
 
 @njit(cache=True)
-def first_invalid_tick_nb(timestamp_ns, bid, ask):
+def first_invalid_tick_nb(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> int:
     """Return the index of the first tick that goes back in time or has a NaN or infinite price.
 
     Returns -1 when every tick is valid. It makes one pass and allocates no temporary arrays, unlike the
@@ -30,7 +30,7 @@ def first_invalid_tick_nb(timestamp_ns, bid, ask):
 
 
 @njit(cache=True)
-def count_bars_nb(timestamp_ns, timeframe_ns):
+def count_bars_nb(timestamp_ns: np.ndarray, timeframe_ns: int) -> int:
     """Count the UTC bins of ``timeframe_ns`` that hold at least one tick.
 
     ``timestamp_ns`` must be sorted ascending. Equals ``len(np.unique(timestamp_ns // timeframe_ns))``.
@@ -49,10 +49,14 @@ def count_bars_nb(timestamp_ns, timeframe_ns):
 
 
 @njit(cache=True, inline="always")
-def _store_bar(k, b_open, b_high, b_low, b_close, a_open, a_high, a_low, a_close,
-               spread_sum, spread_top, first, last,
-               bid_open, bid_high, bid_low, bid_close, ask_open, ask_high, ask_low, ask_close,
-               spread_mean, spread_max, tick_count, first_tick, last_tick):
+def _store_bar(
+    k: int, b_open: float, b_high: float, b_low: float, b_close: float, a_open: float,
+    a_high: float, a_low: float, a_close: float, spread_sum: float, spread_top: float, first: int,
+    last: int, bid_open: np.ndarray, bid_high: np.ndarray, bid_low: np.ndarray,
+    bid_close: np.ndarray, ask_open: np.ndarray, ask_high: np.ndarray, ask_low: np.ndarray,
+    ask_close: np.ndarray, spread_mean: np.ndarray, spread_max: np.ndarray, tick_count: np.ndarray,
+    first_tick: np.ndarray, last_tick: np.ndarray,
+):
     """Write one finished bar, ticks ``first`` to ``last`` inclusive, into row ``k``."""
     bid_open[k] = b_open
     bid_high[k] = b_high
@@ -71,7 +75,9 @@ def _store_bar(k, b_open, b_high, b_low, b_close, a_open, a_high, a_low, a_close
 
 
 @njit(cache=True)
-def build_bars_nb(timestamp_ns, bid, ask, timeframe_ns):
+def build_bars_nb(
+    timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray, timeframe_ns: int,
+) -> tuple[np.ndarray, ...]:
     """Aggregate sorted ticks into one bid/ask OHLC bar per non-empty UTC bin.
 
     The pandas equivalent is a groupby on ``timestamp_ns // timeframe_ns`` with first, max,

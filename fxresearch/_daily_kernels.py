@@ -11,8 +11,11 @@ from numba import njit
 
 
 @njit(cache=True)
-def daily_pnl_nb(trade_strategy, entry_column, exit_column, entry_price, exit_price, side,
-                 long_mark, short_mark, pip_size, n_strategies, n_days):
+def daily_pnl_nb(
+    trade_strategy: np.ndarray, entry_column: np.ndarray, exit_column: np.ndarray,
+    entry_price: np.ndarray, exit_price: np.ndarray, side: np.ndarray, long_mark: np.ndarray,
+    short_mark: np.ndarray, pip_size: float, n_strategies: int, n_days: int,
+) -> np.ndarray:
     """Return the strategies x days matrix of P&L in pips, open trades marked at each day end.
 
     A trade adds ``(mark[d] - previous) * side / pip_size`` to each day ``d`` from its entry

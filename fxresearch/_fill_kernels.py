@@ -30,7 +30,7 @@ NO_HORIZON_NS = np.iinfo(np.int64).max
 
 
 @njit(cache=True)
-def _trigger_price_pts(bid_pts, ask_pts, i, side):
+def _trigger_price_pts(bid_pts: np.ndarray, ask_pts: np.ndarray, i: int, side: int):
     # A long closes by selling at the bid, a short by buying at the ask.
     if side > 0:
         return bid_pts[i]
@@ -38,7 +38,10 @@ def _trigger_price_pts(bid_pts, ask_pts, i, side):
 
 
 @njit(cache=True)
-def _check_levels_nb(timestamp_ns, bid_pts, ask_pts, i, side, stop_pts, target_pts, horizon_end_ns):
+def _check_levels_nb(
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, i: int, side: int,
+    stop_pts: int, target_pts: int, horizon_end_ns: int,
+):
     """Return (reason, price_pts) for tick i: stop first, then target, then horizon."""
     price = _trigger_price_pts(bid_pts, ask_pts, i, side)
     if side > 0:
@@ -59,7 +62,7 @@ def _check_levels_nb(timestamp_ns, bid_pts, ask_pts, i, side, stop_pts, target_p
 
 
 @njit(cache=True)
-def _check_open_trade_nb(hole_after, i, n_ticks, stop_idx_limit):
+def _check_open_trade_nb(hole_after: np.ndarray, i: int, n_ticks: int, stop_idx_limit: int):
     """Return the reason an open trade stops at tick i after its level checks, or _STILL_OPEN."""
     if i >= stop_idx_limit:
         return OPEN_AT_LIMIT
@@ -73,8 +76,8 @@ def _check_open_trade_nb(hole_after, i, n_ticks, stop_idx_limit):
 
 @njit(cache=True)
 def _scan_ticks_nb(
-    timestamp_ns, bid_pts, ask_pts, hole_after, first, last,
-    side, stop_pts, target_pts, horizon_end_ns, stop_idx_limit,
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray, first: int, last: int,
+    side: int, stop_pts: int, target_pts: int, horizon_end_ns: int, stop_idx_limit: int,
 ):
     """Scan ticks first..last inclusive; return (exit_idx, exit_price_pts, reason)."""
     n_ticks = len(timestamp_ns)
@@ -91,7 +94,10 @@ def _scan_ticks_nb(
 
 
 @njit(cache=True)
-def _check_entry_tick_nb(bid_pts, ask_pts, hole_after, entry_idx, side, stop_idx_limit):
+def _check_entry_tick_nb(
+    bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray, entry_idx: int, side: int,
+    stop_idx_limit: int,
+):
     """Return the exit at the entry tick itself (no entry, limit, hole, end) or _STILL_OPEN."""
     n_ticks = len(bid_pts)
     if entry_idx < 0 or entry_idx >= n_ticks:
@@ -104,9 +110,9 @@ def _check_entry_tick_nb(bid_pts, ask_pts, hole_after, entry_idx, side, stop_idx
 
 @njit(cache=True)
 def find_exit_ticks_nb(
-    timestamp_ns, bid_pts, ask_pts, hole_after,
-    entry_idx, side, stop_pts, target_pts, horizon_end_ns, stop_idx_limit,
-):
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
+    entry_idx: int, side: int, stop_pts: int, target_pts: int, horizon_end_ns: int, stop_idx_limit: int,
+) -> tuple[int, int, int]:
     """Find a trade's exit by checking every tick after the entry tick.
 
     Parameters
@@ -147,9 +153,10 @@ def find_exit_ticks_nb(
 
 @njit(cache=True)
 def _bar_may_hold_exit_nb(
-    b, side, stop_pts, target_pts, horizon_end_ns, stop_idx_limit,
-    bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
-    bar_has_hole, bar_end_ns,
+    b: int, side: int, stop_pts: int, target_pts: int, horizon_end_ns: int, stop_idx_limit: int,
+    bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
+    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray,
 ):
     """Return True when bar b must be read tick by tick."""
     if bar_has_hole[b] != 0:
@@ -165,11 +172,12 @@ def _bar_may_hold_exit_nb(
 
 @njit(cache=True)
 def find_exit_bars_nb(
-    timestamp_ns, bid_pts, ask_pts, hole_after,
-    entry_idx, side, stop_pts, target_pts, horizon_end_ns, stop_idx_limit,
-    bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
-    bar_has_hole, bar_end_ns,
-):
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
+    entry_idx: int, side: int, stop_pts: int, target_pts: int, horizon_end_ns: int,
+    stop_idx_limit: int, bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
+    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray,
+) -> tuple[int, int, int]:
     """Find a trade's exit like ``find_exit_ticks_nb``, reading ticks only in bars that need it.
 
     The bar arrays describe one-minute bars that cover every tick in order.
@@ -216,11 +224,12 @@ def find_exit_bars_nb(
 
 @njit(cache=True, parallel=True)
 def label_many_nb(
-    timestamp_ns, bid_pts, ask_pts, hole_after,
-    bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts,
-    bar_has_hole, bar_end_ns,
-    entry_idx, side, take_profit_points, stop_loss_points, horizon_ns,
-):
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
+    bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
+    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray, entry_idx: np.ndarray, side: int,
+    take_profit_points: int, stop_loss_points: int, horizon_ns: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Find the exit of one (take-profit, stop-loss, horizon, side) trade from each entry tick.
 
     The entry fills at the ask for a long (+1) and at the bid for a short (-1). The levels

@@ -11,7 +11,7 @@ from numba import njit
 
 
 @njit(cache=True)
-def held_time_nb(group, entry_time_ns, exit_time_ns, n_groups):
+def held_time_nb(group: np.ndarray, entry_time_ns: np.ndarray, exit_time_ns: np.ndarray, n_groups: int) -> np.ndarray:
     """Return the length in ns of the union of each group's [entry, exit] holding intervals.
 
     The trades must be sorted by group, then by entry time. Overlapping or touching
