@@ -87,6 +87,15 @@ class FeaturesConfig:
     roc_window: int = 10
     ma_slope_window: int = 20
     efficiency_window: int = 10
+    # Closes in the rolling Hurst window; its lags are the powers of two up to a quarter of it.
+    hurst_window: int = 100
+    # Permutation entropy: closes per ordinal pattern (2-7) and patterns per window.
+    entropy_order: int = 3
+    entropy_window: int = 100
+    # Lookbacks k of ret_k / (rv * sqrt(k)), in bars.
+    scaled_return_lookbacks: tuple[int, ...] = (1, 12)
+    # Earlier weeks an hour-of-week bucket needs before its volatility profile is used.
+    volatility_profile_min_weeks: int = 1
     # Below this many bars a timeframe's feature table is written empty.
     min_bars: int = 50
 
@@ -102,48 +111,72 @@ class LabelsConfig:
     # A bar whose first tick after its close comes more than this many minutes later gets no
     # entry (censored, like the search's late signals); 0 means no limit.
     max_entry_delay_minutes: float = 30.0
+    # "pips": barriers from `grid`; "atr": barriers from `atr_grid`, multiples of the bar's ATR.
+    barrier_mode: str = "pips"
+    # Each entry is (take_profit_atr, stop_loss_atr, horizon_minutes), used when barrier_mode = "atr".
+    atr_grid: tuple[tuple[float, float, float], ...] = ((1.0, 1.0, 60.0), (2.0, 1.0, 120.0), (1.0, 2.0, 120.0))
+    # Wilder ATR window in bars for barrier_mode = "atr", computed from bars up to the signal bar.
+    atr_window: int = 14
+    # "market": horizons count open-market minutes, skipping the weekend close; "wall": clock minutes.
+    horizon_clock: str = "market"
+    # Grid entries are labelled and written in chunks of at most this many rows.
+    max_rows_per_chunk: int = 2_000_000
 
     def __post_init__(self) -> None:
         if not self.max_entry_delay_minutes >= 0:
             raise ConfigError(
                 f"[labels] max_entry_delay_minutes = {self.max_entry_delay_minutes} must be 0 (no limit) or positive"
             )
+        if self.barrier_mode not in ("pips", "atr"):
+            raise ConfigError(f"[labels] barrier_mode = {self.barrier_mode!r} is invalid; use \"pips\" or \"atr\"")
+        if self.horizon_clock not in ("market", "wall"):
+            raise ConfigError(f"[labels] horizon_clock = {self.horizon_clock!r} is invalid; use \"market\" or \"wall\"")
+        for name in ("atr_window", "max_rows_per_chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[labels] {name} = {getattr(self, name)} must be 1 or more")
 
 
 @dataclass(frozen=True)
 class PatternsConfig:
-    """Conditional pattern mining on label outcomes."""
+    """Feature conditions tested against the labels of every timeframe, grid entry and side."""
 
+    # Timeframe whose patterns apply_patterns uses by default (the search's pattern_entry).
     timeframe_min: int = 5
     n_bins: int = 5
-    # Index into LabelsConfig.grid of the label the patterns are mined against.
-    label_index: int = 0
+    # Conditions with fewer non-censored training labels get p-value 1 (still counted as tested).
     min_support_train: int = 30
     min_support_holdout: int = 10
-    # A bin is a candidate when its train win rate differs from the base rate by this much.
-    min_win_rate_edge: float = 0.05
+    # At most this many significant conditions are written, smallest p-value first.
     max_patterns: int = 50
+    # A timeframe needs this many bars with a usable training label to be mined.
     min_bars: int = 200
-    # A candidate also needs this binomial z-score of its train win rate against the base rate.
-    min_z_train: float = 2.0
-    # Two-condition candidates pair up this many of the best single conditions per side.
-    max_conjunction_conditions: int = 20
     # A feature with at most this many distinct train values is binned by value, not by quantile.
     max_categories: int = 8
-    # The train z floor rises to the Bonferroni level for this family-wise error rate over all
-    # single and two-condition candidates a side could test; 1.0 or more turns this off.
-    familywise_alpha: float = 0.05
+    # Test pairs of bins on two different features as well as single bins.
+    pairs: bool = True
+    # Benjamini-Yekutieli false discovery rate over every condition tested.
+    fdr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fdr < 1.0:
+            raise ConfigError(f"[patterns] fdr = {self.fdr} must be between 0 and 1 (exclusive), e.g. 0.05")
+        if self.n_bins < 2:
+            raise ConfigError(f"[patterns] n_bins = {self.n_bins} must be 2 or more")
 
 
 @dataclass(frozen=True)
 class RegimesConfig:
-    """Market regimes from clustering causal volatility and trend features."""
+    """Market regimes: a Gaussian mixture of causal volatility and trend features, filtered forward."""
 
     timeframe_min: int = 15
-    n_regimes: int = 4
+    # BIC on the training part picks the number of regimes in [min_regimes, max_regimes].
+    min_regimes: int = 2
+    max_regimes: int = 6
+    # Gaussian mixture restarts per candidate count; the best likelihood is kept.
+    n_init: int = 3
     random_state: int = 7
     min_bars: int = 100
-    # Feature windows clustered: rv_<volatility_window>, ret_<trend_lookback>, er_<efficiency_window>.
+    # Feature windows modelled: rv_hour_of_week_dev_<volatility_window>, ret_<trend_lookback>, er_<efficiency_window>.
     volatility_window: int = 20
     trend_lookback: int = 12
     efficiency_window: int = 10

@@ -14,18 +14,28 @@ Market assumptions:
   span the weekend close or a data hole (``gap_before`` marks those bars).
 - Time features use the bar's open in market-local time from the IANA zone database, so
   daylight saving does not move them.
+- The usual volatility of an hour of the week is the mean over earlier weeks of the bars
+  that opened in that New York hour, so the profile follows daylight saving with the market.
+
+``docs/features.md`` lists every column with its formula, lookback, unit and config field.
+The rolling windows run in the numba kernels of ``fxresearch._feature_kernels``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pandas as pd
 
+from fxresearch._feature_kernels import (efficiency_ratio_nb, hour_of_week_profile_nb, hurst_nb,
+                                         ordinal_pattern_nb, permutation_entropy_nb,
+                                         rolling_std_nb, rolling_zscore_nb, wilder_mean_nb)
 from fxresearch.config import FeaturesConfig
 from fxresearch.instruments import Instrument
-from fxresearch.timeutil import LONDON, NEW_YORK, NS_PER_MINUTE, TOKYO, datetime_to_ns, to_local
+from fxresearch.timeutil import (LONDON, NEW_YORK, NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE, TOKYO,
+                                 datetime_to_ns, to_local)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,10 @@ SESSIONS: dict[str, tuple[str, int, int]] = {
 }
 # The FX week starts Sunday 17:00 New York time, when the market reopens.
 WEEK_START_HOUR_NEW_YORK = 17
+NS_PER_WEEK = 7 * NS_PER_DAY
+# Sunday 4 January 1970 17:00 as naive wall-clock nanoseconds: a start of an FX week.
+_FIRST_WEEK_START_WALL_NS = 3 * NS_PER_DAY + WEEK_START_HOUR_NEW_YORK * NS_PER_HOUR
+MAX_ENTROPY_ORDER = 7
 
 
 def return_column(lookback: int) -> str:
@@ -61,6 +75,34 @@ def efficiency_column(window: int) -> str:
     return f"er_{window}"
 
 
+def hurst_column(window: int) -> str:
+    """Return the name of the rolling Hurst exponent column over ``window`` closes, e.g. ``hurst_100``."""
+    return f"hurst_{window}"
+
+
+def entropy_column(order: int, window: int) -> str:
+    """Return the name of the permutation entropy column, e.g. ``perm_entropy_3_100``."""
+    return f"perm_entropy_{order}_{window}"
+
+
+def scaled_return_column(lookback: int) -> str:
+    """Return the name of the volatility-scaled return column over ``lookback`` bars, e.g. ``scaled_ret_12``."""
+    return f"scaled_ret_{lookback}"
+
+
+def volatility_deviation_column(window: int) -> str:
+    """Return the name of the hour-of-week volatility deviation column, e.g. ``rv_hour_of_week_dev_20``."""
+    return f"rv_hour_of_week_dev_{window}"
+
+
+def hurst_lags(window: int) -> np.ndarray:
+    """Return the lags of the Hurst fit: powers of two from 1 up to ``window // 4``."""
+    lags = [1]
+    while lags[-1] * 2 <= window // 4:
+        lags.append(lags[-1] * 2)
+    return np.array(lags, dtype=np.int64)
+
+
 def feature_columns(config: FeaturesConfig) -> list[str]:
     """Return the feature column names that ``build_features`` writes, in order."""
     columns = [return_column(k) for k in config.return_lookbacks]
@@ -73,6 +115,10 @@ def feature_columns(config: FeaturesConfig) -> list[str]:
         f"roc_{config.roc_window}",
         f"ma_slope_{config.ma_slope_window}",
         efficiency_column(config.efficiency_window),
+        hurst_column(config.hurst_window),
+        entropy_column(config.entropy_order, config.entropy_window),
+        *[scaled_return_column(k) for k in config.scaled_return_lookbacks],
+        volatility_deviation_column(config.volatility_window),
         SPREAD_COLUMN,
         HOUR_OF_WEEK_COLUMN,
         *SESSIONS,
@@ -163,12 +209,26 @@ def build_features(bars: pd.DataFrame, timeframe_min: int, config: FeaturesConfi
           which equals ``(c_t - c_{t-w}) / w``.
         - ``er_w``: ``|c_t - c_{t-w}| / sum of |c_i - c_{i-1}|`` over the last ``w`` changes,
           in [0, 1]. A window with no movement gives 0.
+        - ``hurst_w``: Hurst exponent of the last ``w`` log closes by the variance of
+          increments: half the slope of ``log mean((x_i - x_{i-q})^2)`` against ``log q``
+          for ``q`` in ``hurst_lags(w)``. About 0.5 for a random walk, above it when moves
+          persist and below it when they revert.
+        - ``perm_entropy_m_w``: Shannon entropy of the ordinal patterns of ``m`` consecutive
+          closes over the last ``w`` patterns, divided by ``log(m!)``: 0 for a monotone run,
+          near 1 for independent noise. Of two equal closes the earlier ranks lower.
+        - ``scaled_ret_k``: ``ret_k / (rv_w * sqrt(k))``, the k-bar return in units of its
+          expected size under a random walk with the current volatility.
+        - ``rv_hour_of_week_dev_w``: ``log(rv_w / profile)``, where the profile is the mean
+          ``rv_w`` of the bars that opened in the same New York hour of the week in earlier
+          weeks (at least ``volatility_profile_min_weeks`` of them). The current week never
+          enters, so the value uses past bars only.
         - ``spread_pips``: the bar's mean spread in pips.
         - ``hour_of_week``: hours since Sunday 17:00 New York time at the bar's open, 0-167.
         - ``session_tokyo``, ``session_london``, ``session_new_york``: 1.0 when the bar opens
           in 09:00-18:00 Tokyo, 08:00-17:00 London or 08:00-17:00 New York local time, else 0.0.
 
-        With fewer than ``config.min_bars`` bars the table is empty (see
+        A zero volatility (a flat window) makes ``scaled_ret_k`` and ``rv_hour_of_week_dev_w``
+        NaN. With fewer than ``config.min_bars`` bars the table is empty (see
         ``insufficient_reason``).
 
     Raises
@@ -190,35 +250,52 @@ def build_features(bars: pd.DataFrame, timeframe_min: int, config: FeaturesConfi
         return empty_features(config)
 
     timestamp_ns = timestamp_column_ns(bars, "bar table")
-    mid = _mid_prices(bars)
+    open_, high, low, close = _mid_prices(bars)
     pip = instrument.pip_size
-    close = mid["close"]
 
-    features: dict[str, pd.Series] = {}
-    log_close = pd.Series(np.log(close.to_numpy()))
+    features: dict[str, np.ndarray] = {}
+    log_close = np.log(close)
     for lookback in config.return_lookbacks:
-        features[return_column(lookback)] = log_close.diff(lookback)
-    one_bar_return = log_close.diff(1)
-    features[volatility_column(config.volatility_window)] = (
-        one_bar_return.rolling(config.volatility_window).std(ddof=1))
-    features[f"atr_{config.atr_window}"] = _wilder_atr(mid, config.atr_window) / pip
-    features[f"rsi_{config.rsi_window}"] = wilder_rsi(close, config.rsi_window)
+        features[return_column(lookback)] = _lagged_difference(log_close, lookback)
+    one_bar_return = _lagged_difference(log_close, 1)
+    volatility = rolling_std_nb(one_bar_return, config.volatility_window, 1)
+    features[volatility_column(config.volatility_window)] = volatility
+    features[f"atr_{config.atr_window}"] = _wilder_atr(high, low, close, config.atr_window) / pip
+    features[f"rsi_{config.rsi_window}"] = _wilder_rsi_values(close, config.rsi_window)
 
-    zscore = _rolling_zscore(close, config.zscore_window)
-    features[f"zscore_{config.zscore_window}"] = zscore
-    band_zscore = _rolling_zscore(close, config.bollinger_window)
+    features[f"zscore_{config.zscore_window}"] = rolling_zscore_nb(close, config.zscore_window)
+    band_zscore = rolling_zscore_nb(close, config.bollinger_window)
     width = config.bollinger_width
     # With bands mean ± width * std, the band position is (z + width) / (2 * width).
     features[f"bb_pos_{config.bollinger_window}"] = (band_zscore + width) / (2.0 * width)
 
-    roc_base = close.shift(config.roc_window)
+    roc_base = _lagged(close, config.roc_window)
     features[f"roc_{config.roc_window}"] = 100.0 * (close / roc_base - 1.0)
     slope_window = config.ma_slope_window
-    features[f"ma_slope_{slope_window}"] = (close - close.shift(slope_window)) / slope_window / pip
-    features[efficiency_column(config.efficiency_window)] = _efficiency_ratio(
+    features[f"ma_slope_{slope_window}"] = _lagged_difference(close, slope_window) / slope_window / pip
+    features[efficiency_column(config.efficiency_window)] = efficiency_ratio_nb(
         close, config.efficiency_window)
-    features[SPREAD_COLUMN] = bars["spread_mean"].astype(np.float64).reset_index(drop=True) / pip
 
+    features[hurst_column(config.hurst_window)] = hurst_nb(
+        log_close, config.hurst_window, hurst_lags(config.hurst_window))
+    codes = ordinal_pattern_nb(close, config.entropy_order)
+    features[entropy_column(config.entropy_order, config.entropy_window)] = permutation_entropy_nb(
+        codes, math.factorial(config.entropy_order), config.entropy_window)
+
+    # A flat window has zero volatility, and a ratio to it carries no information.
+    positive_volatility = np.where(volatility > 0, volatility, np.nan)
+    for lookback in config.scaled_return_lookbacks:
+        features[scaled_return_column(lookback)] = (
+            _lagged_difference(log_close, lookback) / (positive_volatility * math.sqrt(lookback)))
+
+    hour_of_week, week_id = hour_and_week_of_bars(timestamp_ns)
+    profile = hour_of_week_profile_nb(volatility, hour_of_week, week_id,
+                                      config.volatility_profile_min_weeks)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deviation = np.log(positive_volatility / profile)
+    features[volatility_deviation_column(config.volatility_window)] = deviation
+
+    features[SPREAD_COLUMN] = bars["spread_mean"].to_numpy(dtype=np.float64) / pip
     features.update(time_features(timestamp_ns))
 
     table = pd.DataFrame({"timestamp": timestamp_ns})
@@ -228,15 +305,24 @@ def build_features(bars: pd.DataFrame, timeframe_min: int, config: FeaturesConfi
     return table
 
 
+def hour_and_week_of_bars(timestamp_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return each bar's hour of the FX week (0-167) and FX week number, as int64 arrays.
+
+    Both count from Sunday 17:00 New York wall-clock time, so a daylight-saving change does
+    not move them. Week numbers increase by one per week since 4 January 1970.
+    """
+    new_york = to_local(np.asarray(timestamp_ns, dtype=np.int64), NEW_YORK)
+    wall_ns = new_york.tz_localize(None).as_unit("ns").asi8.astype(np.int64)
+    since_first_week = wall_ns - _FIRST_WEEK_START_WALL_NS
+    week_id = since_first_week // NS_PER_WEEK
+    hour_of_week = (since_first_week - week_id * NS_PER_WEEK) // NS_PER_HOUR
+    return hour_of_week.astype(np.int64), week_id.astype(np.int64)
+
+
 def time_features(timestamp_ns: np.ndarray) -> dict[str, np.ndarray]:
     """Return ``hour_of_week`` and the session flags for bar open times, as float64 arrays."""
     timestamp_ns = np.asarray(timestamp_ns, dtype=np.int64)
-    new_york = to_local(timestamp_ns, NEW_YORK)
-
-    # pandas counts days from Monday = 0; the FX week counts hours from Sunday 17:00.
-    days_since_sunday = (np.asarray(new_york.dayofweek) + 1) % 7
-    hours_since_sunday = days_since_sunday * 24 + np.asarray(new_york.hour)
-    hour_of_week = (hours_since_sunday - WEEK_START_HOUR_NEW_YORK) % 168
+    hour_of_week, _week_id = hour_and_week_of_bars(timestamp_ns)
     result = {HOUR_OF_WEEK_COLUMN: hour_of_week.astype(np.float64)}
 
     for column, (zone, first_hour, end_hour) in SESSIONS.items():
@@ -301,34 +387,46 @@ def join_higher_timeframe(lower: pd.DataFrame, lower_tf_min: int, higher: pd.Dat
     return result
 
 
+
+
 def _check_config(config: FeaturesConfig) -> None:
+    for field in ("return_lookbacks", "scaled_return_lookbacks"):
+        lookbacks = getattr(config, field)
+        if len(set(lookbacks)) != len(lookbacks):
+            raise ValueError(f"features.{field} {lookbacks} repeats a value")
+        for lookback in lookbacks:
+            if lookback < 1:
+                raise ValueError(f"features.{field} must be whole bars >= 1, got {lookback}")
     if not config.return_lookbacks:
         raise ValueError("features.return_lookbacks is empty. Give at least one lookback in bars.")
-    if len(set(config.return_lookbacks)) != len(config.return_lookbacks):
-        raise ValueError(f"features.return_lookbacks {config.return_lookbacks} repeats a value")
-    for lookback in config.return_lookbacks:
-        if lookback < 1:
-            raise ValueError(f"features.return_lookbacks must be whole bars >= 1, got {lookback}")
     windows = {
         "atr_window": (config.atr_window, 1),
         "rsi_window": (config.rsi_window, 1),
         "roc_window": (config.roc_window, 1),
         "ma_slope_window": (config.ma_slope_window, 1),
         "efficiency_window": (config.efficiency_window, 1),
+        "volatility_profile_min_weeks": (config.volatility_profile_min_weeks, 1),
         # A standard deviation needs two values.
         "volatility_window": (config.volatility_window, 2),
         "zscore_window": (config.zscore_window, 2),
         "bollinger_window": (config.bollinger_window, 2),
+        "entropy_window": (config.entropy_window, 2),
+        "entropy_order": (config.entropy_order, 2),
+        # The Hurst fit needs at least the lags 1 and 2, and lag 2 needs a window of 8.
+        "hurst_window": (config.hurst_window, 8),
     }
     for name, (value, minimum) in windows.items():
         if value < minimum:
-            raise ValueError(f"features.{name} must be at least {minimum} bars, got {value}")
+            raise ValueError(f"features.{name} must be at least {minimum}, got {value}")
+    if config.entropy_order > MAX_ENTROPY_ORDER:
+        raise ValueError(f"features.entropy_order must be at most {MAX_ENTROPY_ORDER} "
+                         f"({MAX_ENTROPY_ORDER}! patterns), got {config.entropy_order}")
     if not config.bollinger_width > 0:
         raise ValueError(f"features.bollinger_width must be positive, got {config.bollinger_width}")
 
 
-def _mid_prices(bars: pd.DataFrame) -> pd.DataFrame:
-    """Return mid open, high, low and close with a fresh RangeIndex, or raise on a bad price."""
+def _mid_prices(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return mid open, high, low and close arrays, or raise on a bad price."""
     for column in PRICE_COLUMNS:
         values = bars[column].to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values) | (values <= 0)
@@ -336,63 +434,47 @@ def _mid_prices(bars: pd.DataFrame) -> pd.DataFrame:
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(f"Bar column {column} has {int(bad.sum())} values that are not finite "
                              f"and positive, first at row {row}: {values[row]!r}")
-    mid = {}
+    mid = []
     for field in ("open", "high", "low", "close"):
         bid = bars[f"bid_{field}"].to_numpy(dtype=np.float64)
         ask = bars[f"ask_{field}"].to_numpy(dtype=np.float64)
-        mid[field] = (bid + ask) / 2.0
-    return pd.DataFrame(mid)
+        mid.append((bid + ask) / 2.0)
+    return mid[0], mid[1], mid[2], mid[3]
 
 
-def _wilder_mean(values: pd.Series, window: int, first_row: int) -> pd.Series:
-    """Return Wilder's running mean, seeded by the simple mean of ``values[first_row:first_row+window]``.
-
-    The seed sits on row ``first_row + window - 1``, and rows before it are NaN.
-    """
-    seed_row = first_row + window - 1
-    seeded = pd.Series(np.nan, index=values.index, dtype=np.float64)
-    if len(values) <= seed_row:
-        return seeded
-    seeded.iloc[seed_row] = values.iloc[first_row:seed_row + 1].mean()
-    seeded.iloc[seed_row + 1:] = values.iloc[seed_row + 1:]
-    # An exponential mean with alpha 1/window that starts at its first valid value is exactly
-    # Wilder's recursion avg += (x - avg) / window.
-    return seeded.ewm(alpha=1.0 / window, adjust=False).mean()
+def _lagged(values: np.ndarray, lag: int) -> np.ndarray:
+    """Return ``values`` shifted down by ``lag`` rows, NaN on the first ``lag`` rows."""
+    shifted = np.full(len(values), np.nan)
+    if lag < len(values):
+        shifted[lag:] = values[:len(values) - lag]
+    return shifted
 
 
-def _wilder_atr(mid: pd.DataFrame, window: int) -> pd.Series:
-    previous_close = mid["close"].shift(1)
-    high_low = mid["high"] - mid["low"]
-    high_close = (mid["high"] - previous_close).abs()
-    low_close = (mid["low"] - previous_close).abs()
-    # On the first bar the previous-close terms are NaN and max() skips them, leaving high - low.
-    true_range = pd.concat([high_low, high_close, low_close], axis=1).max(axis=1)
-    return _wilder_mean(true_range, window, first_row=0)
+def _lagged_difference(values: np.ndarray, lag: int) -> np.ndarray:
+    return values - _lagged(values, lag)
+
+
+def _wilder_atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int) -> np.ndarray:
+    previous_close = _lagged(close, 1)
+    true_range = high - low
+    # The first bar has no previous close, so its true range is high - low.
+    true_range[1:] = np.maximum(true_range[1:], np.maximum(np.abs(high[1:] - previous_close[1:]),
+                                                           np.abs(low[1:] - previous_close[1:])))
+    return wilder_mean_nb(true_range, window, 0)
+
+
+def _wilder_rsi_values(close: np.ndarray, window: int) -> np.ndarray:
+    change = _lagged_difference(close, 1)
+    average_gain = wilder_mean_nb(np.maximum(change, 0.0), window, 1)
+    average_loss = wilder_mean_nb(np.maximum(-change, 0.0), window, 1)
+    total = average_gain + average_loss
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rsi = 100.0 * average_gain / total
+    rsi[total == 0] = 50.0
+    return rsi
 
 
 def wilder_rsi(close: pd.Series, window: int) -> pd.Series:
     """Return Wilder's RSI (0 to 100) of a close series; 50 where the window has no change."""
-    change = close.diff()
-    average_gain = _wilder_mean(change.clip(lower=0.0), window, first_row=1)
-    average_loss = _wilder_mean((-change).clip(lower=0.0), window, first_row=1)
-    total = average_gain + average_loss
-    rsi = 100.0 * average_gain / total.where(total > 0)
-    return rsi.where(~((total == 0) & average_gain.notna()), 50.0)
-
-
-def _rolling_zscore(close: pd.Series, window: int) -> pd.Series:
-    rolling = close.rolling(window)
-    mean = rolling.mean()
-    std = rolling.std(ddof=0)
-    zscore = (close - mean) / std.where(std > 0)
-    # pandas returns an exact 0 std for a window of equal values, so this matches flat windows only.
-    return zscore.where(~(std == 0), 0.0)
-
-
-def _efficiency_ratio(close: pd.Series, window: int) -> pd.Series:
-    net_change = (close - close.shift(window)).abs()
-    path_length = close.diff().abs().rolling(window).sum()
-    ratio = net_change / path_length.where(path_length > 0)
-    ratio = ratio.where(~((path_length == 0) & net_change.notna()), 0.0)
-    # The rolling sum can fall a rounding error below the net change on a straight run.
-    return ratio.clip(upper=1.0)
+    values = _wilder_rsi_values(np.asarray(close, dtype=np.float64), window)
+    return pd.Series(values, index=close.index)

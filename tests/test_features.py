@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,6 +17,8 @@ from fxresearch.features import (
     build_features,
     empty_features,
     feature_columns,
+    hour_and_week_of_bars,
+    hurst_lags,
     insufficient_reason,
     join_higher_timeframe,
 )
@@ -154,8 +157,62 @@ def _reference_features(bars: pd.DataFrame, config: FeaturesConfig, pip: float) 
         path = sum(abs(close[i] - close[i - 1]) for i in range(t - w + 1, t + 1))
         ref[f"er_{w}"][t] = abs(close[t] - close[t - w]) / path
 
+    ref.update(_reference_new_features(bars, close, ref[f"rv_{config.volatility_window}"], config))
     ref["spread_pips"] = bars["spread_mean"].to_numpy() / pip
     ref.update(_reference_time_features(bars["timestamp"].to_numpy()))
+    return ref
+
+
+def _reference_new_features(bars: pd.DataFrame, close: np.ndarray, rv: np.ndarray,
+                            config: FeaturesConfig) -> dict[str, np.ndarray]:
+    """Hurst, permutation entropy, scaled returns and the volatility deviation, one bar at a time."""
+    n = len(close)
+    ref = {}
+
+    w = config.hurst_window
+    lags = [q for q in (1, 2, 4, 8, 16, 32, 64, 128, 256) if q <= w // 4]
+    hurst = np.full(n, np.nan)
+    for t in range(w - 1, n):
+        x = np.log(close[t - w + 1:t + 1])
+        moments = [np.mean((x[q:] - x[:-q]) ** 2) for q in lags]
+        slope = np.polyfit(np.log(lags), np.log(moments), 1)[0]
+        hurst[t] = slope / 2.0
+    ref[f"hurst_{w}"] = hurst
+
+    m, w = config.entropy_order, config.entropy_window
+    patterns: list[tuple[int, ...] | None] = [None] * n
+    for t in range(m - 1, n):
+        patterns[t] = tuple(np.argsort(close[t - m + 1:t + 1], kind="stable"))
+    entropy = np.full(n, np.nan)
+    for t in range(m - 1 + w - 1, n):
+        _, counts = np.unique(np.array(patterns[t - w + 1:t + 1]), axis=0, return_counts=True)
+        share = counts / w
+        entropy[t] = -(share * np.log(share)).sum() / math.log(math.factorial(m))
+    ref[f"perm_entropy_{m}_{w}"] = entropy
+
+    for k in config.scaled_return_lookbacks:
+        scaled = np.full(n, np.nan)
+        for t in range(k, n):
+            if rv[t] > 0:
+                scaled[t] = math.log(close[t] / close[t - k]) / (rv[t] * math.sqrt(k))
+        ref[f"scaled_ret_{k}"] = scaled
+
+    deviation = np.full(n, np.nan)
+    timestamps = bars["timestamp"].to_numpy()
+    hour_of_week = _reference_time_features(timestamps)["hour_of_week"]
+    # Week numbers count from the Sunday 17:00 New York reopen in wall-clock time.
+    week = np.array([
+        (datetime.fromtimestamp(int(ns) // 1_000_000_000, tz=timezone.utc)
+         .astimezone(ZoneInfo("America/New_York")).replace(tzinfo=None)
+         - datetime(1970, 1, 4, 17)).days // 7
+        for ns in timestamps
+    ])
+    for t in range(n):
+        earlier = (week < week[t]) & (hour_of_week == hour_of_week[t]) & np.isfinite(rv)
+        earlier[t:] = False
+        if earlier.any() and rv[t] > 0:
+            deviation[t] = math.log(rv[t] / rv[earlier].mean())
+    ref[f"rv_hour_of_week_dev_{config.volatility_window}"] = deviation
     return ref
 
 
@@ -461,10 +518,188 @@ def test_real_eurusd_ticks_give_bounded_features():
     features = build_features(bars, 5, CONFIG, EURUSD)
     assert len(features) == len(bars)
     valid = features.iloc[30:]
-    assert valid[feature_columns(CONFIG)].notna().all().all()
+    # The Hurst and entropy windows are 100 bars, and the volatility deviation needs one earlier week.
+    first_set = [c for c in feature_columns(CONFIG)
+                 if not c.startswith(("hurst_", "perm_entropy_", "rv_hour_of_week_dev_"))]
+    assert valid[first_set].notna().all().all()
+    assert features["hurst_100"].iloc[99:].notna().all()
+    assert features["perm_entropy_3_100"].iloc[101:].notna().all()
+    assert features["hurst_100"].iloc[99:].between(0.0, 1.2).all()
+    assert features["perm_entropy_3_100"].iloc[101:].between(0.0, 1.0).all()
+    # The file starts on Thursday 1 May; FX weeks start on Sundays 4 and 11 May at 21:00 UTC.
+    deviation = features["rv_hour_of_week_dev_20"]
+    first_week = features["timestamp"] < _utc_ns("2014-05-04 21:00")
+    third_week = features["timestamp"] >= _utc_ns("2014-05-11 21:00")
+    assert deviation[first_week].isna().all()
+    assert deviation[third_week].notna().mean() > 0.95
+    assert abs(deviation[third_week].median()) < 0.5
     assert valid["rsi_14"].between(0, 100).all()
     assert valid["er_10"].between(0, 1).all()
     assert valid["hour_of_week"].between(0, 119).all()
     # OANDA EURUSD spreads in May 2014 were a fraction of a pip to a few pips.
     assert 0.1 < valid["spread_pips"].median() < 5.0
     assert 0.5 < valid["atr_14"].median() < 10.0
+
+
+def _hourly_bars(n_bars: int, log_returns: np.ndarray) -> pd.DataFrame:
+    """H1 bars from Sunday 2024-01-07 22:00 UTC (17:00 New York) whose mid closes follow ``log_returns``."""
+    start_ns = _utc_ns("2024-01-07 22:00")
+    timestamp_ns = start_ns + np.arange(n_bars, dtype=np.int64) * 60 * NS_PER_MINUTE
+    return _bars_from_closes(timestamp_ns, 1.1 * np.exp(np.cumsum(log_returns)))
+
+
+def test_hurst_lags_are_powers_of_two():
+    assert hurst_lags(100).tolist() == [1, 2, 4, 8, 16]
+    assert hurst_lags(8).tolist() == [1, 2]
+    assert hurst_lags(64).tolist() == [1, 2, 4, 8, 16]
+
+
+def test_hurst_of_random_walk_is_one_half():
+    rng = np.random.default_rng(5)
+    bars = _hourly_bars(20_000, rng.normal(0.0, 1e-4, 20_000))
+    hurst = build_features(bars, 60, CONFIG, EURUSD)["hurst_100"].to_numpy()[99:]
+    assert abs(np.mean(hurst) - 0.5) < 0.03
+    assert 0.05 < np.std(hurst) < 0.2
+
+
+def test_hurst_of_persistent_moves_is_above_one_half():
+    rng = np.random.default_rng(6)
+    # AR(1) returns with coefficient 0.6: each move tends to follow the previous one.
+    shocks = rng.normal(0.0, 1e-4, 20_000)
+    returns = np.empty_like(shocks)
+    returns[0] = shocks[0]
+    for i in range(1, len(shocks)):
+        returns[i] = 0.6 * returns[i - 1] + shocks[i]
+    hurst = build_features(_hourly_bars(20_000, returns), 60, CONFIG, EURUSD)["hurst_100"].to_numpy()[99:]
+    assert np.mean(hurst) > 0.65
+    # A steady drift is the extreme trend: the q-bar change grows as q, so H is 1.
+    drift = build_features(_hourly_bars(500, np.full(500, 1e-4)), 60, CONFIG, EURUSD)["hurst_100"]
+    np.testing.assert_allclose(drift.to_numpy()[99:], 1.0, atol=1e-6)
+
+
+def test_hurst_of_reverting_moves_is_below_one_half():
+    rng = np.random.default_rng(7)
+    # Each return partly undoes the previous one.
+    shocks = rng.normal(0.0, 1e-4, 20_000)
+    returns = shocks - 0.6 * np.r_[0.0, shocks[:-1]]
+    hurst = build_features(_hourly_bars(20_000, returns), 60, CONFIG, EURUSD)["hurst_100"].to_numpy()[99:]
+    assert np.mean(hurst) < 0.4
+
+
+def test_permutation_entropy_of_noise_is_near_one():
+    rng = np.random.default_rng(8)
+    config = replace(CONFIG, entropy_window=2_000)
+    # Closes that are themselves independent draws make all six order-3 patterns equally likely.
+    noise = rng.normal(0.0, 1e-3, 10_000)
+    features = build_features(_hourly_bars(10_000, np.diff(noise, prepend=0.0)), 60, config, EURUSD)
+    values = features["perm_entropy_3_2000"].to_numpy()
+    assert np.isnan(values[:2_001]).all()
+    assert values[2_001:].min() > 0.99
+    assert values[2_001:].max() <= 1.0
+
+
+def test_permutation_entropy_of_random_walk():
+    # A random walk's two monotone patterns have probability 1/4 each and the other four 1/8.
+    expected = (2 * 0.25 * math.log(4) + 4 * 0.125 * math.log(8)) / math.log(6)
+    rng = np.random.default_rng(14)
+    config = replace(CONFIG, entropy_window=5_000)
+    features = build_features(_hourly_bars(20_000, rng.normal(0.0, 1e-4, 20_000)), 60, config, EURUSD)
+    values = features["perm_entropy_3_5000"].to_numpy()[5_001:]
+    assert abs(values.mean() - expected) < 0.005
+
+
+def test_permutation_entropy_of_monotone_series_is_zero():
+    for step in (1e-4, -1e-4):
+        features = build_features(_hourly_bars(400, np.full(400, step)), 60, CONFIG, EURUSD)
+        values = features["perm_entropy_3_100"].to_numpy()
+        assert np.isnan(values[:101]).all()
+        assert (values[101:] == 0.0).all()
+
+
+def test_permutation_entropy_of_two_alternating_patterns():
+    # Up, up, down repeats, so order-3 windows see three patterns equally often: entropy log 3 / log 6.
+    returns = np.tile([1e-4, 1e-4, -1.5e-4], 200)
+    config = replace(CONFIG, entropy_window=99)
+    values = build_features(_hourly_bars(600, returns), 60, config, EURUSD)["perm_entropy_3_99"].to_numpy()
+    np.testing.assert_allclose(values[100:], math.log(3) / math.log(6), rtol=1e-12)
+
+
+def test_scaled_return_is_return_over_volatility():
+    rng = np.random.default_rng(9)
+    features = build_features(_hourly_bars(300, rng.normal(0.0, 1e-4, 300)), 60, CONFIG, EURUSD)
+    expected = features["ret_12"] / (features["rv_20"] * math.sqrt(12))
+    np.testing.assert_allclose(features["scaled_ret_12"], expected, rtol=1e-12)
+    # Under a random walk the scaled return has roughly unit spread.
+    assert 0.6 < features["scaled_ret_1"].std() < 1.4
+
+
+def test_volatility_deviation_of_constant_session_profile_is_zero():
+    # The same volatility pattern repeats every week: quiet Asian hours, four times busier
+    # London and New York hours.
+    n_weeks, hours = 30, 168
+    bars = _hourly_bars(n_weeks * hours, np.zeros(n_weeks * hours))
+    hour_of_week, week_id = hour_and_week_of_bars(bars["timestamp"].to_numpy())
+    assert hour_of_week[:3].tolist() == [0, 1, 2]
+    assert week_id[hours - 1] + 1 == week_id[hours]
+    session_scale = np.where((hour_of_week % 24 >= 8) & (hour_of_week % 24 < 16), 4e-4, 1e-4)
+    rng = np.random.default_rng(10)
+    bars = _hourly_bars(len(bars), rng.normal(0.0, 1.0, len(bars)) * session_scale)
+    features = build_features(bars, 60, replace(CONFIG, volatility_window=6), EURUSD)
+    deviation = features["rv_hour_of_week_dev_6"].to_numpy()
+    # The first week has no earlier week, so its profile is unknown.
+    assert np.isnan(deviation[:hours]).all()
+    later = deviation[10 * hours:]
+    assert np.isfinite(later).all()
+    assert abs(np.mean(later)) < 0.15
+    # Raw volatility swings fourfold across sessions, the deviation far less.
+    raw = np.log(features["rv_6"].to_numpy()[10 * hours:])
+    assert np.std(later) < 0.75 * np.std(raw)
+
+
+def test_volatility_deviation_with_exact_weekly_profile_is_zero():
+    # Absolute returns repeat exactly each week with alternating signs, so rv repeats exactly.
+    hours = 168
+    scale = np.where(np.arange(hours) % 24 < 12, 1e-4, 3e-4)
+    returns = np.tile(scale, 4) * np.tile([1.0, -1.0], 2 * hours)
+    features = build_features(_hourly_bars(4 * hours, returns), 60, CONFIG, EURUSD)
+    deviation = features["rv_hour_of_week_dev_20"].to_numpy()
+    np.testing.assert_allclose(deviation[2 * hours:], 0.0, atol=1e-9)
+    assert np.isfinite(deviation[hours + 20:]).all()
+
+
+def test_volatility_deviation_over_weeks_matches_reference():
+    rng = np.random.default_rng(12)
+    n = 3 * 168
+    bars = _hourly_bars(n, rng.normal(0.0, 1e-4, n) * np.tile(np.linspace(0.5, 2.0, 168), 3))
+    config = replace(CONFIG, hurst_window=16, entropy_window=20)
+    features = build_features(bars, 60, config, EURUSD)
+    reference = _reference_features(bars, config, EURUSD.pip_size)
+    for column in ("rv_hour_of_week_dev_20", "hurst_16", "perm_entropy_3_20", "scaled_ret_12"):
+        assert features[column].notna().sum() > 168, column
+        np.testing.assert_allclose(features[column].to_numpy(), reference[column],
+                                   rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=column)
+
+
+def test_profile_min_weeks_delays_the_deviation():
+    rng = np.random.default_rng(13)
+    bars = _hourly_bars(4 * 168, rng.normal(0.0, 1e-4, 4 * 168))
+    config = replace(CONFIG, volatility_profile_min_weeks=2)
+    deviation = build_features(bars, 60, config, EURUSD)["rv_hour_of_week_dev_20"].to_numpy()
+    assert np.isnan(deviation[:2 * 168]).all()
+    # Hours 0-19 of the first week have no volatility yet, so their buckets fill a week later.
+    assert np.isnan(deviation[2 * 168:2 * 168 + 20]).all()
+    assert np.isfinite(deviation[2 * 168 + 20:]).all()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hurst_window", 7, "hurst_window must be at least 8"),
+    ("entropy_order", 8, "entropy_order must be at most 7"),
+    ("entropy_order", 1, "entropy_order must be at least 2"),
+    ("entropy_window", 1, "entropy_window must be at least 2"),
+    ("scaled_return_lookbacks", (0,), "scaled_return_lookbacks must be whole bars"),
+    ("scaled_return_lookbacks", (3, 3), "repeats a value"),
+    ("volatility_profile_min_weeks", 0, "volatility_profile_min_weeks must be at least 1"),
+])
+def test_bad_new_feature_settings_raise(field, value, message, random_bars):
+    with pytest.raises(ValueError, match=message):
+        build_features(random_bars, 5, replace(CONFIG, **{field: value}), EURUSD)
