@@ -49,7 +49,7 @@ from fxresearch.config import SearchConfig
 from fxresearch.fills import REASONS, TickArrays, horizon_to_ns, pips_to_points, points_to_pips, points_to_price
 from fxresearch.instruments import Instrument
 from fxresearch.strategies import Strategy
-from fxresearch.timeutil import NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, to_local
+from fxresearch.timeutil import NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, index_to_ns, to_local
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,10 @@ class EntryFilter:
 
     @classmethod
     def from_search(cls, search: SearchConfig) -> EntryFilter:
-        """Return the filter set by ``search.max_entry_spread_pips``, ``max_entry_delay_minutes`` and ``no_entry_windows``."""
+        """Return the filter that ``search`` sets.
+
+        The fields read are ``max_entry_spread_pips``, ``max_entry_delay_minutes`` and ``no_entry_windows``.
+        """
         return cls(search.max_entry_spread_pips, search.max_entry_delay_minutes, tuple(search.no_entry_windows))
 
     @staticmethod
@@ -105,7 +108,7 @@ class EntryFilter:
         inside = np.zeros(len(timestamp_ns), dtype=bool)
         if not self.no_entry_windows or not len(timestamp_ns):
             return inside
-        local_ns = to_local(timestamp_ns, NEW_YORK).tz_localize(None).as_unit("ns").asi8
+        local_ns = index_to_ns(to_local(timestamp_ns, NEW_YORK).tz_localize(None))
         time_of_day_ns = np.mod(local_ns, NS_PER_DAY)
         for window in self.no_entry_windows:
             start_ns, end_ns = self._window_ns(window)
@@ -349,7 +352,9 @@ def _check_signal(signals_by_key: Mapping[tuple[str, str], np.ndarray], key: tup
     bad = ~np.isin(signal, (-1, 0, 1))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"Signal array for {key} has value {signal[first].item()!r} at bar {first}; allowed: -1, 0, +1.")
+        raise ValueError(
+            f"Signal array for {key} has value {signal[first].item()!r} at bar {first}; allowed: -1, 0, +1."
+        )
     return signal
 
 

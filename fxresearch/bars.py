@@ -158,7 +158,7 @@ def build_bars(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray,
 
     started = time.perf_counter()
     arrays = build_bars_nb(timestamp_ns, bid, ask, np.int64(timeframe_min * NS_PER_MINUTE))
-    bars = pd.DataFrame(dict(zip(BAR_COLUMNS, arrays)))
+    bars = pd.DataFrame(dict(zip(BAR_COLUMNS, arrays, strict=True)))
     logger.debug("Built %d %s bars from %d ticks in %.3f s", len(bars),
                  timeframe_name(timeframe_min), len(timestamp_ns), time.perf_counter() - started)
     return bars

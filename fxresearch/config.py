@@ -366,7 +366,8 @@ class ValidationConfig:
         if not 0.0 <= self.lockbox_fraction < 1.0:
             raise ConfigError(f"[validation] lockbox_fraction = {self.lockbox_fraction} must be in [0, 1)")
         if self.pbo_partitions < 2 or self.pbo_partitions % 2:
-            raise ConfigError(f"[validation] pbo_partitions = {self.pbo_partitions} must be an even number of 2 or more")
+            raise ConfigError(
+                f"[validation] pbo_partitions = {self.pbo_partitions} must be an even number of 2 or more")
         for name in ("n_folds", "min_train_days", "min_test_days", "min_days", "max_exact_cluster",
                      "max_pbo_combinations"):
             if getattr(self, name) < 1:
@@ -401,7 +402,7 @@ def section_hash(*sections: Any) -> str:
 
 
 def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _to_plain(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
@@ -472,7 +473,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return tuple(_coerce(v, args[0], key, source) for v in value)
         if len(args) != len(value):
             raise ConfigError(f"Config key {key} in {source} needs {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"Config key {key} in {source} must be a table, got {value!r}")

@@ -368,7 +368,7 @@ def _reason_codes(reason: pd.Series) -> np.ndarray:
     if unknown:
         raise ValueError(f"Unknown exit reasons {unknown}. Expected codes 0 to {len(_TRADE_REASONS) - 1} "
                          f"or names {list(_TRADE_REASONS)}")
-    return pd.Index(_TRADE_REASONS).get_indexer(names).astype(np.int64)
+    return pd.Index(_TRADE_REASONS).get_indexer(pd.Index(names)).astype(np.int64)
 
 
 def _time_ns(column: pd.Series) -> np.ndarray:

@@ -26,6 +26,7 @@ import logging
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from fxresearch._daily_kernels import daily_pnl_nb
 from fxresearch.timeutil import trading_day_ns
@@ -170,8 +171,10 @@ def daily_pnl_matrix(trade_strategy: np.ndarray, entry_time_ns: np.ndarray, exit
     return pnl
 
 
-def _marks(day_close_ns: np.ndarray, day_close_mid, day_close_bid,
-           day_close_ask) -> tuple[np.ndarray, np.ndarray]:
+def _marks(
+    day_close_ns: np.ndarray, day_close_mid: npt.ArrayLike, day_close_bid: npt.ArrayLike | None,
+    day_close_ask: npt.ArrayLike | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Return the day-end mark of longs and of shorts, one price per day column."""
     mid = np.asarray(day_close_mid, dtype=np.float64)
     if len(mid) != len(day_close_ns):
@@ -193,8 +196,10 @@ def _marks(day_close_ns: np.ndarray, day_close_mid, day_close_bid,
     return marks
 
 
-def _check_trades(trade_strategy, entry_time_ns, exit_time_ns, entry_price, exit_price, side,
-                  pip_size: float) -> None:
+def _check_trades(
+    trade_strategy: np.ndarray, entry_time_ns: np.ndarray, exit_time_ns: np.ndarray, entry_price: np.ndarray,
+    exit_price: np.ndarray, side: np.ndarray, pip_size: float,
+) -> None:
     lengths = {len(a) for a in (trade_strategy, entry_time_ns, exit_time_ns, entry_price, exit_price, side)}
     if len(lengths) != 1:
         raise ValueError(

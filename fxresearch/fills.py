@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from fxresearch import _fill_kernels as kernels
 from fxresearch._fill_kernels import (
@@ -128,13 +129,13 @@ def pips_to_points(pips: float, instrument: Instrument) -> int:
     return int(round(pips * instrument.points_per_pip))
 
 
-def points_to_price(points: np.ndarray, instrument: Instrument) -> np.ndarray:
-    """Return points as float64 prices rounded to the instrument's decimals."""
+def points_to_price(points: npt.ArrayLike, instrument: Instrument) -> np.ndarray:
+    """Return points as float64 prices rounded to the instrument's decimals; a scalar gives a numpy float64."""
     prices = np.asarray(points, dtype=np.float64) * instrument.point_size
     return np.round(prices, instrument.price_precision)
 
 
-def points_to_pips(points: np.ndarray, instrument: Instrument) -> np.ndarray:
+def points_to_pips(points: npt.ArrayLike, instrument: Instrument) -> np.ndarray:
     """Return point distances as float64 pips, rounded to one point's fraction of a pip."""
     decimals = math.ceil(math.log10(instrument.points_per_pip)) if instrument.points_per_pip > 1 else 0
     return np.round(np.asarray(points, dtype=np.float64) / instrument.points_per_pip, decimals)

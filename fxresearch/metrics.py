@@ -31,8 +31,8 @@ strategy and period:
   its first tick to its last (in-sample ticks are before ``split_ns``). Overlapping trades
   count once. Each trade counts its whole holding time in the period it entered, so an
   in-sample trade that stays open past the split adds its out-of-sample part to the
-  in-sample time, which can push in-sample exposure above 1. 0 without trades and NaN when the period has fewer than two distinct
-  tick times.
+  in-sample time, which can push in-sample exposure above 1. 0 without trades and NaN when the
+  period has fewer than two distinct tick times.
 - ``n_stop_loss``, ``n_take_profit``, ``n_horizon``, ``n_data_gap``, ``n_end_of_data`` and
   ``n_signal``: trades by exit reason (``fxresearch.fills.REASONS``). They sum to
   ``n_trades``.

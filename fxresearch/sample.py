@@ -69,7 +69,7 @@ from scipy.signal import lfilter
 from fxresearch.artifacts import write_parquet_atomic
 from fxresearch.config import SampleConfig
 from fxresearch.instruments import Instrument, get_instrument
-from fxresearch.timeutil import LONDON, NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, TOKYO, ns_to_datetime
+from fxresearch.timeutil import LONDON, NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, TOKYO, index_to_ns, ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -376,8 +376,10 @@ def _synthetic_metadata(symbol: str, seed: int, no_edge: bool, ticks_per_hour: f
     }
 
 
-def _iter_tick_chunks(symbol: str, start_ns: int, end_ns: int, seed: int, ticks_per_hour: float,
-                      no_edge: bool, instrument: Instrument | None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _iter_tick_chunks(
+    symbol: str, start_ns: int, end_ns: int, seed: int, ticks_per_hour: float, no_edge: bool,
+    instrument: Instrument | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(timestamp_ns, bid, ask)`` arrays, one week of the range at a time, in time order."""
     start_ns, end_ns = int(start_ns), int(end_ns)
     if end_ns <= start_ns:
@@ -423,9 +425,9 @@ def _iter_tick_chunks(symbol: str, start_ns: int, end_ns: int, seed: int, ticks_
 
         # The first tick after each weekend reopen carries the weekend's move.
         tick_reopen_count = grid.reopen_count[minute_of_tick]
-        if n_ticks and previous_reopen_count is None:
-            previous_reopen_count = int(tick_reopen_count[0])
         if n_ticks:
+            if previous_reopen_count is None:
+                previous_reopen_count = int(tick_reopen_count[0])
             after_reopen = tick_reopen_count != np.concatenate(([previous_reopen_count], tick_reopen_count[:-1]))
             gap_draws = rng.standard_normal(int(after_reopen.sum()))
             steps[after_reopen] += np.rint(reopen_gap_half_points * gap_draws).astype(np.int64)
@@ -523,8 +525,7 @@ def _log_volatility(rng: np.random.Generator, n_minutes: int) -> np.ndarray:
 
 def _local_clock(utc_ns: np.ndarray, zone: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return local hour of day (fractional), weekday (Monday 0) and day number in ``zone``."""
-    local = ns_to_datetime(utc_ns).tz_convert(zone).tz_localize(None).as_unit("ns")
-    wall_ns = local.asi8
+    wall_ns = index_to_ns(ns_to_datetime(utc_ns).tz_convert(zone).tz_localize(None))
     day = wall_ns // NS_PER_DAY
     hour = (wall_ns - day * NS_PER_DAY) / NS_PER_HOUR
     # 1970-01-01 was a Thursday (weekday 3).

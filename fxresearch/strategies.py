@@ -91,7 +91,8 @@ class Strategy:
             sort_keys=True,
             separators=(",", ":"),
         )
-        return hashlib.sha1(payload.encode()).hexdigest()[:16]
+        # The hash only names the strategy; it guards nothing.
+        return hashlib.sha1(payload.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def params_to_json(params: Mapping[str, Any]) -> str:
@@ -164,13 +165,15 @@ class SignalContext:
         """Return the features matched to the bars by ``timestamp``, one row per bar, NaN where missing."""
         if self.features is None:
             raise ValueError("This SignalContext has no features; require \"features\" to get them.")
-        return _features_on_bars(self)
+        return _features_on_bars(self, self.features)
 
     def regime_names_on_bars(self) -> np.ndarray:
         """Return per bar the name of the last regime whose bar closed by the bar's close, or None."""
         if self.regimes is None:
             raise ValueError("This SignalContext has no regimes; require \"regimes\" to get them.")
-        return _regime_names_on_bars(self)
+        if self.regimes_timeframe_min is None:
+            raise ValueError("This SignalContext has regimes but no regimes_timeframe_min; set the regime bar length.")
+        return _regime_names_on_bars(self, self.regimes, self.regimes_timeframe_min)
 
 
 def _has_patterns(patterns_doc: Mapping[str, Any], timeframe_min: int) -> bool:
@@ -351,8 +354,8 @@ def pattern_entry_signals(context: SignalContext) -> np.ndarray:
 
     if context.features is None or context.patterns_doc is None:
         raise ValueError("pattern_entry needs features and a patterns document in the SignalContext.")
-    features = _features_on_bars(context)
-    signal = np.asarray(apply_patterns(features, context.patterns_doc), dtype=np.int8)
+    features = _features_on_bars(context, context.features)
+    signal = np.asarray(apply_patterns(features, dict(context.patterns_doc)), dtype=np.int8)
     if signal.shape != (len(context.bars),):
         raise ValueError(
             f"apply_patterns returned shape {signal.shape}, expected ({len(context.bars)},), one value per bar."
@@ -368,18 +371,17 @@ def regime_ma_cross_signals(context: SignalContext, fast: int, slow: int, regime
     """
     if context.regimes is None or context.regimes_timeframe_min is None:
         raise ValueError("regime_ma_cross needs regimes and regimes_timeframe_min in the SignalContext.")
-    names = _regime_names_on_bars(context)
+    names = _regime_names_on_bars(context, context.regimes, context.regimes_timeframe_min)
     allowed = np.array([isinstance(name, str) and regime in name for name in names], dtype=bool)
     signal = compute_signals("ma_cross", {"fast": fast, "slow": slow}, context).copy()
     signal[~allowed] = 0
     return signal
 
 
-def _features_on_bars(context: SignalContext) -> pd.DataFrame:
+def _features_on_bars(context: SignalContext, features: pd.DataFrame) -> pd.DataFrame:
     """Return the features reindexed to the bars, one row per bar in bar order."""
     key = "features_on_bars"
     if key not in context.derived:
-        features = context.features
         timestamp = features["timestamp"].to_numpy()
         if not np.issubdtype(timestamp.dtype, np.integer):
             raise ValueError(
@@ -392,11 +394,10 @@ def _features_on_bars(context: SignalContext) -> pd.DataFrame:
     return context.derived[key]
 
 
-def _regime_names_on_bars(context: SignalContext) -> np.ndarray:
-    """Return, per bar, the name of the last regime whose bar closed by the bar's close."""
+def _regime_names_on_bars(context: SignalContext, regimes: pd.DataFrame, regimes_timeframe_min: int) -> np.ndarray:
+    """Return, per bar, the name of the last regime whose bar closed by the bar's close; None before the first."""
     key = "regime_names_on_bars"
     if key not in context.derived:
-        regimes = context.regimes
         if "regime_name" not in regimes.columns or "timestamp" not in regimes.columns:
             raise ValueError(
                 f"Regimes table needs columns 'timestamp' and 'regime_name', got {list(regimes.columns)}."
@@ -405,11 +406,13 @@ def _regime_names_on_bars(context: SignalContext) -> np.ndarray:
         if not np.issubdtype(regime_open.dtype, np.integer):
             raise ValueError(f"Regime column 'timestamp' must be int64 nanoseconds UTC, got {regime_open.dtype}.")
         order = np.argsort(regime_open, kind="stable")
-        regime_close = regime_open[order].astype(np.int64) + np.int64(context.regimes_timeframe_min * NS_PER_MINUTE)
+        regime_close = regime_open[order].astype(np.int64) + int(regimes_timeframe_min) * NS_PER_MINUTE
         names = regimes["regime_name"].to_numpy(dtype=object)[order]
         bar_close = context.open_ns() + np.int64(context.timeframe_min * NS_PER_MINUTE)
         last = np.searchsorted(regime_close, bar_close, side="right") - 1
-        context.derived[key] = np.where(last >= 0, names[np.maximum(last, 0)], None)
+        on_bars = np.full(len(last), None, dtype=object)
+        on_bars[last >= 0] = names[last[last >= 0]]
+        context.derived[key] = on_bars
     return context.derived[key]
 
 
@@ -428,7 +431,7 @@ class Template(NamedTuple):
 
 def _grid(**values: Iterable[Any]) -> list[dict[str, Any]]:
     names = list(values)
-    return [dict(zip(names, combo)) for combo in itertools.product(*values.values())]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values.values())]
 
 
 _MA_PAIRS = [

@@ -7,7 +7,10 @@ shift sessions. The FX trading day and the daily rollover are at 17:00 New York 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 NS_PER_MINUTE = 60_000_000_000
@@ -17,13 +20,23 @@ LONDON = "Europe/London"
 TOKYO = "Asia/Tokyo"
 
 
-def datetime_to_ns(values) -> np.ndarray:
+def datetime_to_ns(values: Any) -> np.ndarray:
     """Return int64 UTC nanoseconds from datetime-like values (any unit; naive means UTC)."""
     index = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
-    return index.as_unit("ns").asi8.astype(np.int64, copy=False)
+    return index_to_ns(index)
 
 
-def ns_to_datetime(timestamp_ns: np.ndarray) -> pd.DatetimeIndex:
+def index_to_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """Return a datetime index as int64 nanoseconds: UTC for a tz-aware index, wall-clock for a naive one.
+
+    NaT becomes the minimum int64, as in numpy's ``datetime64`` to ``int64`` view.
+    """
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return index.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def ns_to_datetime(timestamp_ns: npt.ArrayLike) -> pd.DatetimeIndex:
     """Return a UTC ``datetime64[ns]`` index from int64 nanoseconds."""
     return pd.DatetimeIndex(pd.to_datetime(np.asarray(timestamp_ns, dtype=np.int64), utc=True)).as_unit("ns")
 
@@ -61,7 +74,7 @@ def trading_day_ns(timestamp_ns: np.ndarray) -> np.ndarray:
     hours, inverse = _utc_hours(timestamp_ns)
     shifted = to_local(hours, NEW_YORK) + pd.Timedelta(hours=7)
     naive = shifted.tz_localize(None).normalize()
-    return (naive.as_unit("ns").asi8 // NS_PER_DAY).astype(np.int64)[inverse]
+    return (index_to_ns(naive) // NS_PER_DAY)[inverse]
 
 
 def in_weekend_close(timestamp_ns: np.ndarray) -> np.ndarray:

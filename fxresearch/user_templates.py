@@ -111,7 +111,7 @@ def templates_fingerprint(folder: str | Path) -> str:
 
 
 def _load_file(path: Path) -> tuple[str, Template]:
-    module_name = _MODULE_PREFIX + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = _MODULE_PREFIX + hashlib.sha1(str(path.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise UserTemplateError(f"{path}: cannot be loaded as a Python module.")
@@ -160,7 +160,7 @@ def _grid(path: Path, parameters: Any) -> tuple[dict[str, Any], ...]:
                     f"strategy ids are built from the JSON of the parameters."
                 ) from None
     names = list(parameters)
-    return tuple(dict(zip(names, combo)) for combo in itertools.product(*parameters.values()))
+    return tuple(dict(zip(names, combo, strict=True)) for combo in itertools.product(*parameters.values()))
 
 
 def _requires(path: Path, requires: Any) -> frozenset[str]:

@@ -20,7 +20,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,7 +239,8 @@ def _total_pips(rows: np.ndarray, min_days: int) -> np.ndarray:
     return rows.sum(axis=1)
 
 
-_SELECTION_METRICS = {
+# Each metric maps a strategies x days matrix and the minimum day count to one score per strategy.
+_SELECTION_METRICS: dict[str, Callable[[np.ndarray, int], np.ndarray | float]] = {
     "sharpe": sharpe_daily,
     "sortino": sortino_daily,
     "calmar": calmar,
@@ -352,12 +353,15 @@ def expected_max_sharpe(sharpe_variance: float, n_trials: float) -> float:
     if n_trials <= 1:
         return 0.0
     gamma = np.euler_gamma
-    spread = (1.0 - gamma) * stats.norm.ppf(1.0 - 1.0 / n_trials) + gamma * stats.norm.ppf(1.0 - 1.0 / (n_trials * np.e))
+    spread = ((1.0 - gamma) * stats.norm.ppf(1.0 - 1.0 / n_trials)
+              + gamma * stats.norm.ppf(1.0 - 1.0 / (n_trials * np.e)))
     return float(np.sqrt(sharpe_variance) * spread)
 
 
-def deflated_sharpe_ratio(sharpe_per_day, n_days, skew, kurtosis, sharpe_variance_across_trials: float,
-                          effective_trials: float) -> np.ndarray | float:
+def deflated_sharpe_ratio(
+    sharpe_per_day: np.ndarray | float, n_days: np.ndarray | int, skew: np.ndarray | float,
+    kurtosis: np.ndarray | float, sharpe_variance_across_trials: float, effective_trials: float,
+) -> np.ndarray | float:
     """Return the deflated Sharpe ratio: the probability that the true Sharpe ratio beats chance.
 
     ``DSR = Phi((SR - SR0) * sqrt(T - 1) / sqrt(1 - skew * SR + (kurtosis - 1) / 4 * SR^2))``
@@ -486,9 +490,13 @@ def effective_number_of_trials(daily_matrix: np.ndarray, threshold: float = _DEF
     if rows.ndim != 2:
         raise ValueError(f"daily_matrix must be strategies x days, got shape {rows.shape}.")
     if not np.isfinite(rows).all():
-        raise ValueError("daily_matrix contains NaN or infinity; daily P&L must be finite (0 on days without a position).")
+        raise ValueError(
+            "daily_matrix contains NaN or infinity; daily P&L must be finite (0 on days without a position)."
+        )
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold = {threshold} must be in (0, 1]; it is a correlation distance sqrt((1 - rho) / 2).")
+        raise ValueError(
+            f"threshold = {threshold} must be in (0, 1]; it is a correlation distance sqrt((1 - rho) / 2)."
+        )
     if max_exact < 2:
         raise ValueError(f"max_exact = {max_exact} must be 2 or more.")
 
@@ -627,7 +635,9 @@ def score_column(daily_matrix_is: np.ndarray, n_trades_is: np.ndarray, n_trades_
     if trials is None:
         trials = effective_number_of_trials(rows, threshold, max_exact=max_exact, random_state=random_state)
     elif len(trials.labels) != rows.shape[0]:
-        raise ValueError(f"trials has {len(trials.labels)} labels for {rows.shape[0]} strategies; cluster the same rows.")
+        raise ValueError(
+            f"trials has {len(trials.labels)} labels for {rows.shape[0]} strategies; cluster the same rows."
+        )
 
     sharpe, skew, kurtosis = daily_moments(rows, min_days)
     variance = cluster_sharpe_variance(rows, trials.labels, min_days)
@@ -717,7 +727,9 @@ def probability_of_backtest_overfitting(daily_matrix: np.ndarray,
             f"use fewer partitions."
         )
     if not np.isfinite(matrix).all():
-        raise ValueError("daily_matrix contains NaN or infinity; daily P&L must be finite (0 on days without a position).")
+        raise ValueError(
+            "daily_matrix contains NaN or infinity; daily P&L must be finite (0 on days without a position)."
+        )
     if max_combinations < 1:
         raise ValueError(f"max_combinations = {max_combinations} must be 1 or more.")
 
