@@ -6,6 +6,7 @@ Examples::
     python main.py --vast-mode --input-dir data/parquet --generate-base --dry-run
     python main.py --vast-mode --search-light --pairs EURUSD,GBPJPY --parallel-pairs 4
     python main.py --vast-mode --generate-base --dask-scheduler tcp://10.0.0.5:8786
+    python main.py --report --output-dir output
 
 Exit codes: 0 when every pair succeeded, 1 when any pair failed, 2 for a usage error
 (printed as one line on stderr), 130 when interrupted.
@@ -30,7 +31,7 @@ from fxresearch.naming import InvalidFileNameError, ScanResult, parse_pair_filen
 
 DEFAULT_INPUT_DIR = Path("data/parquet")
 DEFAULT_OUTPUT_DIR = Path("output")
-JOB_FLAGS = ("--generate-base", "--search-light")
+JOB_FLAGS = ("--generate-base", "--search-light", "--report")
 NO_MODE_MESSAGE = "Must specify either --generate-base or --search-light"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="build ticks report, bars, features, labels, patterns and regimes")
     modes.add_argument("--search-light", dest="job", action="store_const", const="search-light",
                        help="run the light strategy search on the research base")
+    modes.add_argument("--report", dest="job", action="store_const", const="report",
+                       help="rebuild the leaderboard and report.html of --output-dir from existing search "
+                            "outputs, without recomputing")
 
     vast = parser.add_argument_group("VAST mode")
     vast.add_argument("--parallel-pairs", type=_positive_int, metavar="N",
@@ -127,6 +131,10 @@ def validate_args(args: argparse.Namespace) -> None:
     """Raise UsageError for combinations argparse cannot check."""
     if args.job is None:
         raise UsageError(NO_MODE_MESSAGE)
+    if args.job == "report":
+        if args.parquet is not None or args.vast_mode:
+            raise UsageError("--report rebuilds the report from --output-dir alone; drop --parquet and --vast-mode")
+        return
     if args.parquet is not None and args.vast_mode:
         raise UsageError("Use either --parquet FILE (one pair) or --vast-mode (a folder), not both")
     if args.parquet is None and not args.vast_mode:
@@ -293,7 +301,35 @@ def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Res
         args.force_rerun, executor, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic,
     )
     vast_mode.print_summary(summary, run_logs)
+    if args.job == "search-light":
+        _write_report(args.output_dir)
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED
+
+
+def _write_report(output_dir: Path) -> bool:
+    """Write the leaderboard and report.html of ``output_dir`` and print their paths.
+
+    A failure is printed and logged but does not fail the run: the search outputs are written.
+    """
+    from fxresearch.report import write_report_outputs
+
+    try:
+        files = write_report_outputs(output_dir)
+    except Exception as exc:  # the report is built from finished outputs; a bug in it must not hide them
+        logging.getLogger(__name__).error("Report not written for %s", output_dir, exc_info=True)
+        print(f"Report not written: {type(exc).__name__}: {exc} (the run log has the traceback)")
+        return False
+    print(f"Leaderboard: {files.leaderboard[0]} (and .csv)")
+    print(f"Report: {files.report} ({files.size_bytes / 2**20:.1f} MB)")
+    return True
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Rebuild the leaderboard and report.html from the outputs already in ``--output-dir``."""
+    if not args.output_dir.is_dir():
+        raise UsageError(f"Output folder not found: {args.output_dir}. Pass the --output-dir of a search-light run",
+                         hint=False)
+    return EXIT_OK if _write_report(args.output_dir) else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         validate_args(args)
         config = _load_config(args.config)
+        if args.job == "report":
+            return run_report(args)
         if not getattr(args, "dry_run", False):
             check_output_dir(args.output_dir)
         return run_vast(args, config) if args.vast_mode else run_single(args, config)
