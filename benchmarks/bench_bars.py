@@ -104,10 +104,11 @@ def main() -> int:
         timeframe_ns = np.int64(timeframe_min * NS_PER_MINUTE)
         n_bars = len(build_bars(timestamp_ns, bid, ask, timeframe_min))
 
-        build_s = best_time(lambda: build_bars(timestamp_ns, bid, ask, timeframe_min), args.repeat)
-        kernel_s = best_time(lambda: build_bars_nb(timestamp_ns, bid, ask, timeframe_ns), args.repeat)
+        # Default arguments bind this iteration's timeframe into each timed call.
+        build_s = best_time(lambda tf=timeframe_min: build_bars(timestamp_ns, bid, ask, tf), args.repeat)
+        kernel_s = best_time(lambda tf_ns=timeframe_ns: build_bars_nb(timestamp_ns, bid, ask, tf_ns), args.repeat)
         rule = f"{timeframe_min}min"
-        pandas_s = best_time(lambda: (bid_series.resample(rule).ohlc(), ask_series.resample(rule).ohlc()),
+        pandas_s = best_time(lambda r=rule: (bid_series.resample(r).ohlc(), ask_series.resample(r).ohlc()),
                              args.repeat)
 
         print(f"{timeframe_name(timeframe_min):>9} {n_bars:>9,} "

@@ -232,7 +232,9 @@ def warm_up_vectorbt(vbt) -> float:
 # Main.
 
 
-def warm_up_engine(ticks, instrument, max_gap_minutes: float, horizon_minutes: float, workers: int) -> tuple[float, bool]:
+def warm_up_engine(
+    ticks, instrument, max_gap_minutes: float, horizon_minutes: float, workers: int,
+) -> tuple[float, bool]:
     """Run every timed kernel once on the first 50,000 ticks; return (seconds, all loaded from cache)."""
     started = time.perf_counter()
     n = min(50_000, len(ticks.timestamp_ns))

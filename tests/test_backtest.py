@@ -225,7 +225,9 @@ class TestEntryFilters:
         bars = build_bars(timestamp_ns, bid, ask, 1)
         signal = np.zeros(len(bars), dtype=np.int8)
         signal[[2, 4]] = 1
-        strategies = [Strategy("hand", {}, 10.0, 10.0), Strategy("hand", {}, 5.0, 20.0), Strategy("other", {}, 5.0, 5.0)]
+        strategies = [
+            Strategy("hand", {}, 10.0, 10.0), Strategy("hand", {}, 5.0, 20.0), Strategy("other", {}, 5.0, 5.0),
+        ]
         signals = {strategies[0].signal_key: signal, strategies[2].signal_key: np.zeros(len(bars), np.int8)}
         trades = run_backtests(arrays, bars, 1, strategies, signals, EURUSD, None,
                                entry_filter=EntryFilter(max_spread_pips=2.0))
@@ -379,7 +381,7 @@ def _trade_tuples(trades: Trades, strategy_index: int) -> list[tuple]:
     exit_pts = np.rint(trades.exit_price[mask] / EURUSD.point_size).astype(np.int64)
     return list(zip(trades.side[mask].tolist(), trades.signal_bar[mask].tolist(), trades.entry_idx[mask].tolist(),
                     entry_pts.tolist(), trades.exit_idx[mask].tolist(), exit_pts.tolist(),
-                    trades.reason[mask].tolist()))
+                    trades.reason[mask].tolist(), strict=True))
 
 
 def test_single_signal_matches_simulate_trade(random_market):

@@ -31,7 +31,7 @@ DAY_CLOSE_MID = (DAY_CLOSE_BID + DAY_CLOSE_ASK) / 2
 
 def matrix_of(trades: list[tuple], **kwargs) -> np.ndarray:
     """Build the matrix from (strategy, entry time, exit time, entry, exit, side) tuples."""
-    strategy, entry_time, exit_time, entry_price, exit_price, side = (np.array(c) for c in zip(*trades))
+    strategy, entry_time, exit_time, entry_price, exit_price, side = (np.array(c) for c in zip(*trades, strict=True))
     return daily_pnl_matrix(strategy, entry_time, exit_time, entry_price, exit_price, side, PIP,
                             DAY_CLOSE_NS, DAY_CLOSE_MID, **kwargs)
 

@@ -405,7 +405,7 @@ def test_label_many_equals_tick_scan_and_ignores_threads():
                                  take_profit_points, stop_loss_points, horizon_ns)
     finally:
         numba.set_num_threads(previous)
-    for serial_column, parallel_column in zip(serial, parallel):
+    for serial_column, parallel_column in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(serial_column, parallel_column)
 
     exit_idx, exit_pts, reason = serial

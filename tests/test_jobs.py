@@ -321,7 +321,8 @@ def test_holdout_prices_leave_in_sample_unchanged(sample_file, tmp_path):
     """Changing only the ticks after the split changes no in-sample figure."""
     config = replace(Config(), search=SMALL_SEARCH)
     search_light(sample_file, tmp_path / "a", config)
-    split_ns = json.loads((tmp_path / "a" / "EURUSD_2025" / "manifest.json").read_text())["artifacts"]["split"]["split_ns"]
+    manifest = json.loads((tmp_path / "a" / "EURUSD_2025" / "manifest.json").read_text())
+    split_ns = manifest["artifacts"]["split"]["split_ns"]
 
     # Same file name in another folder, holdout prices moved by a random walk.
     table = pd.read_parquet(sample_file)

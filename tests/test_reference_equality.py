@@ -92,7 +92,7 @@ def _engine_trades(trades: Trades, s: int, instrument: Instrument) -> list[Refer
         ReferenceTrade(int(side), int(bar), int(entry), int(entry_price), int(exit_), int(exit_price), REASONS[reason])
         for side, bar, entry, entry_price, exit_, exit_price, reason in zip(
             trades.side[mask], trades.signal_bar[mask], trades.entry_idx[mask], entry_pts,
-            trades.exit_idx[mask], exit_pts, trades.reason[mask])
+            trades.exit_idx[mask], exit_pts, trades.reason[mask], strict=True)
     ]
 
 
@@ -158,7 +158,8 @@ def test_engine_matches_reference_on_real_ticks(path: Path):
                 max_delay_ns=int(round(active.max_delay_minutes * NS_PER_MINUTE)),
                 no_entry_windows=active.no_entry_windows,
             )
-            label = f"{path.name} {strategy.family} {strategy.params_json} filter={entry_filter} horizon={horizon_minutes}"
+            label = (f"{path.name} {strategy.family} {strategy.params_json} filter={entry_filter} "
+                     f"horizon={horizon_minutes}")
             assert _engine_trades(trades, s, instrument) == expected, label
             assert {reason: int(getattr(trades.entry_skips, reason)[s]) for reason in SKIP_REASONS} == skips, label
             reasons_seen |= {trade.reason for trade in expected}

@@ -237,7 +237,7 @@ class TestStrategyId:
         # The first 16 hex digits of sha1 of the sorted-key JSON of family, params, SL and TP.
         payload = ('{"family":"ma_cross","params":{"fast":5,"slow":20},'
                    '"stop_loss_pips":10.0,"take_profit_pips":20.0}')
-        assert hashlib.sha1(payload.encode()).hexdigest()[:16] == "5233ea5ee2c37e4d"
+        assert hashlib.sha1(payload.encode(), usedforsecurity=False).hexdigest()[:16] == "5233ea5ee2c37e4d"
         assert strategy.strategy_id == "5233ea5ee2c37e4d"
 
     def test_param_order_and_int_sl_do_not_matter(self):

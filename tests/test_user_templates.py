@@ -82,7 +82,7 @@ class TestExample:
         first = strategies[n_ma]
         payload = ('{"family":"momentum_breakout","params":{"lookback":12,"min_move_pips":5.0},'
                    '"stop_loss_pips":10.0,"take_profit_pips":20.0}')
-        assert first.strategy_id == hashlib.sha1(payload.encode()).hexdigest()[:16]
+        assert first.strategy_id == hashlib.sha1(payload.encode(), usedforsecurity=False).hexdigest()[:16]
         again = generate_strategies(search, {INPUT_BARS}, load_user_templates(EXAMPLES))
         assert [s.strategy_id for s in again] == [s.strategy_id for s in strategies]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -41,7 +42,7 @@ class TestDeflatedSharpeRatio:
 
     def test_expected_max_grows_with_trials(self):
         values = [expected_max_sharpe(0.01, n) for n in (2, 5, 10, 100, 1000, 10_000)]
-        assert all(later > earlier for earlier, later in zip(values, values[1:]))
+        assert all(later > earlier for earlier, later in itertools.pairwise(values))
         assert values[0] > 0
 
     def test_expected_max_scales_with_sharpe_std(self):
@@ -121,9 +122,9 @@ class TestWalkForwardFolds:
         plan = walk_forward_folds(YEAR_DAYS, 4, 2, 1, 0.15, scheme="anchored")
         lengths = [len(fold.train_columns) for fold in plan]
         assert all(fold.train_columns[0] == 0 for fold in plan)
-        assert all(later > earlier for earlier, later in zip(lengths, lengths[1:]))
+        assert all(later > earlier for earlier, later in itertools.pairwise(lengths))
         # Each test block follows the previous one without a hole.
-        for earlier, later in zip(plan, plan[1:]):
+        for earlier, later in itertools.pairwise(plan):
             assert later.test_columns[0] == earlier.test_columns[-1] + 1
 
     def test_rolling_train_keeps_length(self):
@@ -184,7 +185,7 @@ class TestWalkForwardSelect:
 
         assert len(table) == 4
         assert table.loc[2, "selected_strategy"] == 7
-        for fold, row in zip(plan, table.itertuples()):
+        for fold, row in zip(plan, table.itertuples(), strict=True):
             expected = matrix[row.selected_strategy, fold.test_columns]
             assert equity.loc[fold.test_days].to_numpy().tolist() == pytest.approx(expected.tolist())
             assert row.test_total_pips == pytest.approx(expected.sum())

@@ -5,8 +5,15 @@ while the close has risen at least ``min_move_pips`` over those bars. Short mirr
 the lowest mid low. Every value uses bars up to and including the signal bar only.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from fxresearch.strategies import SignalContext
 
 NAME = "momentum_breakout"
 PARAMETERS = {
@@ -16,7 +23,7 @@ PARAMETERS = {
 REQUIRES = {"bars"}
 
 
-def signals(context, lookback, min_move_pips):
+def signals(context: SignalContext, lookback: int, min_move_pips: float) -> np.ndarray:
     close = context.mid("close")
     # shift(1) keeps the signal bar out of its own channel.
     channel_high = pd.Series(context.mid("high")).shift(1).rolling(lookback).max().to_numpy()
