@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import vast_mode
 from fxresearch.config import Config
 from fxresearch.naming import PairFile, scan_input_dir
 from fxresearch.resources import (
-    GB, Resources, detect_resources, max_pairs_for_memory, plan_workers, read_cgroup_cpu_quota,
+    GB, PROCESS_BYTES_ESTIMATE, Resources, detect_resources, max_pairs_for_memory, plan_workers, read_cgroup_cpu_quota,
     read_cgroup_memory, read_tick_file_info,
 )
 
@@ -280,10 +281,13 @@ def test_make_plan_memory_limits_parallel_pairs(tmp_path):
     files = pair_files(tmp_path, names)
     for pair_file in files:
         write_ticks(pair_file.path, rows=5000)
-    # 5,000 ticks x 200 bytes = 1 MB per pair; 2.6 MB available x 0.8 headroom fits two.
-    resources = fake_resources(cores=64, ram_available_gb=2.6e6 / GB)
+    # Built-in estimate: 300 MiB per process + 5,000 ticks x 200 bytes per pair; 2.6 pairs'
+    # worth available x 0.8 headroom fits two.
+    per_pair = PROCESS_BYTES_ESTIMATE + 5000 * 200
+    resources = fake_resources(cores=64, ram_available_gb=2.6 * per_pair / GB)
     plan = vast_mode.make_plan(resources, files, "generate-base")
-    assert plan.bytes_per_pair == 1_000_000
+    assert plan.bytes_per_pair == per_pair
+    assert plan.memory_budget_bytes == pytest.approx(2.6 * per_pair * 0.8)
     assert plan.total_ticks == 15_000
     assert plan.parallel_pairs == 2
     assert plan.workers.limited_by == "memory"
@@ -511,13 +515,14 @@ def test_failing_and_crashing_pairs_do_not_stop_others(tmp_path, capfd):
     for name in ("AUDUSD_2020", "EURUSD_2020", "NZDUSD_2014"):
         assert by_pair[name].ok, by_pair[name].message
     assert by_pair["GBPUSD_2013"].message == "ValueError: bid column has 3 NaN rows"
-    assert by_pair["USDJPY_2013"].message.startswith("worker process crashed")
+    assert re.fullmatch(r"pair process \d+ exited with code 3; its outputs are not marked complete, "
+                        r"so a rerun computes the pair again", by_pair["USDJPY_2013"].message)
 
-    lines = out.getvalue().splitlines()
+    lines = [line for line in out.getvalue().splitlines() if not line.startswith("Progress: ")]
     assert len(lines) == 5
     assert "\u274c" in next(line for line in lines if "GBPUSD_2013" in line)
     assert "GBPUSD_2013 - generate-base failed: ValueError: bid column has 3 NaN rows" in out.getvalue()
-    assert "USDJPY_2013 - generate-base failed: worker process crashed" in out.getvalue()
+    assert "USDJPY_2013 - generate-base failed: pair process " in out.getvalue()
     assert [line.split("]")[0].split("[")[1] for line in lines] == [f"{i}/5" for i in range(1, 6)]
 
     # Tracebacks go to the log file only.
@@ -554,7 +559,8 @@ def test_every_pair_crashing_ends(tmp_path):
                                       job_function=crash_job, run_logs=run_logs)
     assert sorted(r.pair_year for r in summary.results) == names
     assert summary.failed == 3
-    assert all(r.message.startswith("worker process crashed") for r in summary.results)
+    for result in summary.results:
+        assert re.match(r"pair process \d+ exited with code 7;", result.message), result.message
 
 
 def test_pair_lines_fall_back_to_ascii(tmp_path):

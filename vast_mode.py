@@ -4,22 +4,28 @@ Data flow::
 
     input folder of PAIR_YEAR.parquet files
         -> names      naming.scan_input_dir: valid PairFiles, invalid files with reasons
-        -> plan       resources: cores x memory -> parallel_pairs x workers_per_pair,
-                      tick counts and the synthetic marker from each parquet footer
-        -> executor   concurrent.futures.Executor (default: spawn-context process pool;
-                      with --dask-*, fxresearch.cluster's executor on Dask workers)
-        -> pair workers   run_pair in its own process, threads capped at workers_per_pair
+        -> resume     resume.check_current: input fingerprints; pairs whose manifests say
+                      their outputs are current are skipped (not with --force-rerun)
+        -> plan       resources: cores x memory -> parallel_pairs x workers_per_pair, tick
+                      counts from each parquet footer, memory and time from the estimates
+                      measured by earlier runs (output/runs/measurements.json)
+        -> executor   pair_executor.PairProcessExecutor: one new spawned process per pair,
+                      largest files first, started only while memory (and with --adaptive,
+                      load) allows; or any concurrent.futures.Executor, such as Dask's
+        -> pair workers   run_pair in its pair process, threads capped at workers_per_pair
         -> stages     fxresearch.base.generate_base / fxresearch.search.search_light
-        -> artifacts  output/PAIR_YEAR/...
-        -> summary    one line per pair as it ends, then totals; the ledger
-                      output/runs/<run id>.jsonl and the log output/logs/run-<run id>.log
+        -> artifacts  output/PAIR_YEAR/..., each renamed into place, the manifest last
+        -> summary    one line per pair as it ends and a progress line, then totals; the
+                      ledger output/runs/<run id>.jsonl and the log output/logs/run-<run id>.log
 
 A pair's failure never stops the others. A pair job's exception becomes a failed
-PairResult inside its worker. A crashed worker process (segfault, out-of-memory kill,
-``os._exit``) breaks only the current pool, and the unfinished pairs then run again in a
-new one. On Dask, a worker that dies affects only the pairs it was running: the scheduler
-reruns them on other workers and fails a pair with KilledWorker once its retries are spent.
-Tracebacks of failed pairs go to the log file, not to the screen.
+PairResult inside its process. A pair process that dies (a signal, ``os._exit``, an
+out-of-memory kill) fails only its own pair, with the signal or exit code as the reason,
+because each pair has a process of its own. On Dask, a worker that dies affects only the
+pairs it was running: the scheduler reruns them on other workers and fails a pair with
+KilledWorker once its retries are spent. Tracebacks of failed pairs go to the log file and
+the ledger, not to the screen. Ctrl-C cancels the queued pairs, stops the running ones,
+removes their temporary files and ends with a summary of what finished.
 
 The orchestrator prints progress to a stream because it is the program's user interface;
 the pair jobs below it only log.
@@ -27,26 +33,29 @@ the pair jobs below it only log.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
-from concurrent.futures import (
-    FIRST_COMPLETED, BrokenExecutor, CancelledError, Executor, Future, ProcessPoolExecutor, wait,
-)
+import traceback
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, CancelledError, Executor, Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from fxresearch import __version__
+from fxresearch import ledger as run_ledger
 from fxresearch.config import Config
-from fxresearch.naming import EXPECTED_FORM, InvalidFile, InvalidFileNameError, PairFile, ScanResult, parse_pair_filename
+from fxresearch.naming import (
+    EXPECTED_FORM, InvalidFile, InvalidFileNameError, PairFile, ScanResult, parse_pair_filename,
+)
+from fxresearch.pair_executor import PairProcessDied, PairProcessExecutor
 from fxresearch.resources import (
-    BYTES_PER_TICK_ESTIMATE, GB, PAIR_SECONDS_ESTIMATE, PROCESS_STARTUP_SECONDS_ESTIMATE, TICKS_PER_SECOND_ESTIMATE, Resources,
-    TickFileInfo, WorkerPlan, detect_resources, estimate_pair_bytes, estimate_run_seconds,
+    GB, MEMORY_HEADROOM, PAIR_MEMORY_ENV, PAIR_SECONDS_ESTIMATE, PROCESS_STARTUP_SECONDS_ESTIMATE, JobEstimate,
+    Measurements, Resources, TickFileInfo, WorkerPlan, detect_resources, estimate_run_seconds,
     max_pairs_for_memory, plan_workers, read_tick_file_info,
 )
 
@@ -64,9 +73,10 @@ FILE_ONLY = "file_only"
 THREAD_ENV_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # A failure reason longer than this is cut at a word boundary on screen, and the run log keeps it whole.
 MAX_REASON_CHARS = 1000
+# Seconds a running pair process gets to end after SIGTERM on Ctrl-C, before SIGKILL.
+STOP_GRACE_SECONDS = 5.0
 
 JobFunction = Callable[[Path, Path, Config, bool, int], dict]
-
 
 def _generate_base_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
     from fxresearch.base import generate_base
@@ -89,7 +99,13 @@ JOBS: dict[str, JobFunction] = {"generate-base": _generate_base_job, "search-lig
 
 @dataclass(frozen=True)
 class PairResult:
-    """Outcome of one pair's job: ``message`` is the job's one-line summary or the failure reason."""
+    """Outcome of one pair's job: ``message`` is the job's one-line summary or the failure reason.
+
+    ``status`` is one of the ledger's end statuses (``ok``, ``failed``, ``interrupted``,
+    ``not started``). ``peak_memory_bytes`` is the pair process's maximum resident memory and
+    ``measured`` says whether the job built its outputs, so its cost can be stored as an
+    estimate for later runs.
+    """
 
     pair_year: str
     job: str
@@ -97,15 +113,32 @@ class PairResult:
     seconds: float
     message: str
     synthetic: bool = False
+    status: str = ""
+    error_type: str = ""
+    traceback: str = ""
+    peak_memory_bytes: int | None = None
+    measured: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", run_ledger.OK if self.ok else run_ledger.FAILED)
 
 
 @dataclass
 class VastSummary:
-    """All pair results of one run, invalid input files included as failed pairs."""
+    """All pair results of one run, invalid input files included as failed pairs.
+
+    Pairs skipped because their outputs were current are listed in ``skipped`` and are not
+    part of ``results``.
+    """
 
     job: str
     results: list[PairResult] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    estimated_seconds: float | None = None
+    cost_per_hour: float | None = None
 
     @property
     def total(self) -> int:
@@ -117,11 +150,15 @@ class VastSummary:
 
     @property
     def failed(self) -> int:
-        return self.total - self.successful
+        return sum(r.status == run_ledger.FAILED for r in self.results)
 
     @property
     def synthetic(self) -> bool:
         return any(r.synthetic for r in self.results)
+
+    def with_status(self, status: str) -> list[str]:
+        """Return the pairs that ended with ``status``, in the order they ended."""
+        return [r.pair_year for r in self.results if r.status == status]
 
 
 @dataclass(frozen=True)
@@ -140,7 +177,7 @@ def new_run_logs(output_dir: str | Path, console_level: int = logging.WARNING) -
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     output_dir = Path(output_dir)
     return RunLogs(run_id, output_dir / "logs" / f"run-{run_id}.log",
-                   output_dir / "runs" / f"{run_id}.jsonl", console_level)
+                   run_ledger.runs_dir(output_dir) / f"{run_id}{run_ledger.LEDGER_SUFFIX}", console_level)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -184,49 +221,6 @@ def configure_run_logging(run_logs: RunLogs | None, console_level: int = logging
         handler._fxresearch = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(min(logging.INFO, console_level))
-
-
-def _append_ledger(ledger_path: Path | None, event: str, pair_year: str, job: str,
-                   ok: bool | None = None, seconds: float | None = None, message: str = "") -> None:
-    """Append one JSON line to the run ledger with a single write, so processes do not interleave."""
-    if ledger_path is None:
-        return
-    line = json.dumps({
-        "event": event, "pair": pair_year, "job": job,
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "ok": ok, "seconds": None if seconds is None else round(seconds, 3), "message": message,
-    }, ensure_ascii=False) + "\n"
-    ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
-
-
-def _ledger_size(ledger_path: Path | None) -> int:
-    try:
-        return ledger_path.stat().st_size if ledger_path is not None else 0
-    except FileNotFoundError:
-        return 0
-
-
-def _pairs_started_since(ledger_path: Path | None, offset: int) -> set[str] | None:
-    """Return the pairs with a ``start`` line after byte ``offset``, or None without a ledger."""
-    if ledger_path is None or not ledger_path.exists():
-        return None
-    with ledger_path.open("rb") as handle:
-        handle.seek(offset)
-        started = set()
-        for raw in handle:
-            try:
-                event = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "start":
-                started.add(event["pair"])
-    return started
-
 
 # --------------------------------------------------------------------------- the pair worker
 
@@ -298,20 +292,57 @@ def _pair_year_of(path: Path) -> str:
     return f"{symbol}_{year}"
 
 
+
+
+def _peak_memory_bytes() -> int | None:
+    """Return this process's maximum resident memory in bytes, or None where it is not known."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """Return the one-line reason, with advice for an allocation that hit a memory limit."""
+    reason = _one_line_reason(exc)
+    if isinstance(exc, MemoryError):
+        return (f"out of memory ({reason}); lower --parallel-pairs, or run this pair alone on a machine "
+                f"with more memory")
+    return reason
+
+
+def _built_outputs(job: str, summary: dict) -> bool:
+    """Return True when the job built its outputs rather than reusing them."""
+    if job == "generate-base":
+        return bool(summary.get("built")) and not summary.get("reused")
+    message = str(summary.get("message", ""))
+    return "reused" not in message and "built base first" not in message
+
+
 def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: str | Path, config: Config,
-             force_rerun: bool = False, workers: int = 1, run_logs: RunLogs | None = None) -> PairResult:
+             force_rerun: bool = False, workers: int = 1, run_logs: RunLogs | None = None, *,
+             fingerprint: str = "", memory_budget_bytes: int | None = None) -> PairResult:
     """Run one pair's job in this process and return its result.
 
     An ``Exception`` from the job or from the thread set-up is not raised. It is logged
     with its traceback (to the run log file only) and returned as ``ok=False`` with a
-    one-line reason: the exception type and its message's first line. KeyboardInterrupt
-    and SystemExit propagate.
+    one-line reason (the exception type and its message's first line) and the traceback,
+    which the parent writes to the ledger. KeyboardInterrupt and SystemExit propagate.
+
+    ``memory_budget_bytes`` reaches the job's stages through the ``PAIR_MEMORY_ENV``
+    environment variable, so a stage that works in chunks can size them.
     """
     path, output_dir = Path(path), Path(output_dir)
     pair_year = _pair_year_of(path)
     _setup_worker_logging(run_logs)
-    _append_ledger(run_logs.ledger_path if run_logs else None, "start", pair_year, job)
-    logger.info("%s %s started on %s with %d workers", pair_year, job, path, workers)
+    run_ledger.append_event(run_logs.ledger_path if run_logs else None, "start", pair_year, job,
+                            run_ledger.STARTED, pid=os.getpid(), fingerprint=fingerprint, file=str(path))
+    logger.info("%s %s started on %s with %d workers in process %d", pair_year, job, path, workers, os.getpid())
+    if memory_budget_bytes:
+        os.environ[PAIR_MEMORY_ENV] = str(int(memory_budget_bytes))
 
     started = time.perf_counter()
     try:
@@ -321,14 +352,17 @@ def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: 
         seconds = time.perf_counter() - started
         logger.error("%s %s failed after %.1fs on %s", pair_year, job, seconds, path,
                      exc_info=True, extra={FILE_ONLY: True})
-        return PairResult(pair_year, job, False, seconds, _one_line_reason(exc))
+        return PairResult(pair_year, job, False, seconds, _failure_reason(exc), error_type=type(exc).__name__,
+                          traceback=traceback.format_exc(), peak_memory_bytes=_peak_memory_bytes())
 
     seconds = time.perf_counter() - started
     summary = summary or {}
     message = str(summary.get("message", "")).strip().replace("\n", " ")
     logger.info("%s %s complete in %.1fs: %s", pair_year, job, seconds, message)
     return PairResult(summary.get("pair_year", pair_year), job, True, seconds, message,
-                      bool(summary.get("synthetic", False)))
+                      bool(summary.get("synthetic", False)), peak_memory_bytes=_peak_memory_bytes(),
+                      measured=_built_outputs(job, summary))
+
 
 
 def run_generate_base_single(path: str | Path, output_dir: str | Path, config: Config, force_rerun: bool = False,
@@ -369,13 +403,21 @@ def select_pairs(files: Sequence[PairFile], requested: Iterable[str] | None) -> 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """The pairs to run, with their tick counts, and how the cores are split between them."""
+    """The pairs to run, with their tick counts, and how the cores and memory are split between them."""
 
     files: tuple[PairFile, ...]
     infos: dict[str, TickFileInfo]
     workers: WorkerPlan
+    # Estimated peak memory of the largest pair to run, in bytes.
     bytes_per_pair: int
     estimated_seconds: float
+    estimate: JobEstimate | None = None
+    # Pairs whose outputs are current, left out of ``files``.
+    skipped: tuple[str, ...] = ()
+    # Pair-year -> input file fingerprint, for the ledger.
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    # Memory the running pairs may use together, in bytes; None when not limited.
+    memory_budget_bytes: float | None = None
 
     @property
     def parallel_pairs(self) -> int:
@@ -387,30 +429,48 @@ class RunPlan:
 
     @property
     def total_ticks(self) -> int:
-        return sum(info.rows for info in self.infos.values())
+        return sum(self.infos[f.pair_year].rows for f in self.files if f.pair_year in self.infos)
 
     @property
     def synthetic_count(self) -> int:
-        return sum(info.synthetic for info in self.infos.values())
+        return sum(self.infos[f.pair_year].synthetic for f in self.files if f.pair_year in self.infos)
+
+    def pair_bytes(self, pair_year: str) -> int:
+        """Return a pair's estimated peak memory in bytes (0 when its tick count is unknown)."""
+        info = self.infos.get(pair_year)
+        if info is None:
+            return 0
+        return (self.estimate or JobEstimate.builtin("generate-base")).pair_bytes(info.rows)
 
 
 def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
-              parallel_pairs: int | None = None, max_workers: int | None = None) -> RunPlan:
+              parallel_pairs: int | None = None, max_workers: int | None = None, *,
+              estimate: JobEstimate | None = None, skipped: Iterable[str] = (),
+              fingerprints: dict[str, str] | None = None) -> RunPlan:
     """Read each file's footer and split the cores, lowering parallel pairs to fit the memory.
 
-    Memory per pair is estimated from the largest file, so any set of pairs running at once
-    fits (see ``fxresearch.resources.BYTES_PER_TICK_ESTIMATE``).
+    Pairs in ``skipped`` are left out. The parallel pairs are capped so that that many of the
+    largest pair fit in the available memory (``MEMORY_HEADROOM`` of it), and the scheduler
+    also keeps the running pairs' summed estimate within it. ``estimate`` holds the measured
+    per-tick memory and throughput (``Measurements.estimate``), built-in figures by default.
     """
-    infos = {f.pair_year: read_tick_file_info(f.path) for f in files}
-    bytes_per_pair = max((estimate_pair_bytes(i.rows) for i in infos.values()), default=0)
-    memory_cap = max_pairs_for_memory(resources.ram_available_gb * GB, bytes_per_pair)
-    workers = plan_workers(resources.cores, len(files), parallel_pairs, max_workers, memory_cap)
-    seconds = estimate_run_seconds((i.rows for i in infos.values()), job, workers.parallel_pairs)
-    return RunPlan(tuple(files), infos, workers, bytes_per_pair, seconds)
+    estimate = estimate or JobEstimate.builtin(job)
+    skipped = tuple(skipped)
+    to_run = [f for f in files if f.pair_year not in skipped]
+    infos = {f.pair_year: read_tick_file_info(f.path) for f in to_run}
+    bytes_per_pair = max((estimate.pair_bytes(i.rows) for i in infos.values()), default=0)
+    available = resources.ram_available_gb * GB
+    memory_cap = max_pairs_for_memory(available, bytes_per_pair)
+    workers = plan_workers(resources.cores, len(to_run), parallel_pairs, max_workers, memory_cap)
+    seconds = estimate_run_seconds((i.rows for i in infos.values()), job, workers.parallel_pairs,
+                                   workers.workers_per_pair, estimate)
+    return RunPlan(tuple(to_run), infos, workers, bytes_per_pair, seconds, estimate, skipped,
+                   dict(fingerprints or {}), available * MEMORY_HEADROOM)
 
 
 def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, threads_per_worker: int,
-                      max_workers: int | None = None) -> RunPlan:
+                      max_workers: int | None = None, *, estimate: JobEstimate | None = None,
+                      skipped: Iterable[str] = (), fingerprints: dict[str, str] | None = None) -> RunPlan:
     """Plan a run on a Dask cluster: one pair per Dask worker, its threads for the pair.
 
     ``parallel_pairs`` is the number of Dask workers (or of pairs, if fewer), and
@@ -420,14 +480,18 @@ def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, th
     """
     if dask_workers < 1:
         raise ValueError(f"dask_workers must be at least 1, got {dask_workers}")
-    infos = {f.pair_year: read_tick_file_info(f.path) for f in files}
-    bytes_per_pair = max((estimate_pair_bytes(i.rows) for i in infos.values()), default=0)
+    estimate = estimate or JobEstimate.builtin(job)
+    skipped = tuple(skipped)
+    to_run = [f for f in files if f.pair_year not in skipped]
+    infos = {f.pair_year: read_tick_file_info(f.path) for f in to_run}
+    bytes_per_pair = max((estimate.pair_bytes(i.rows) for i in infos.values()), default=0)
     pairs, limited_by = dask_workers, "dask"
-    if 1 <= len(files) < pairs:
-        pairs, limited_by = len(files), "pairs"
+    if 1 <= len(to_run) < pairs:
+        pairs, limited_by = len(to_run), "pairs"
     workers = WorkerPlan(pairs, max_workers or max(1, threads_per_worker), limited_by)
-    seconds = estimate_run_seconds((i.rows for i in infos.values()), job, pairs)
-    return RunPlan(tuple(files), infos, workers, bytes_per_pair, seconds)
+    seconds = estimate_run_seconds((i.rows for i in infos.values()), job, pairs, workers.workers_per_pair, estimate)
+    return RunPlan(tuple(to_run), infos, workers, bytes_per_pair, seconds, estimate, skipped,
+                   dict(fingerprints or {}), None)
 
 
 def _format_bytes(size: float) -> str:
@@ -442,17 +506,37 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _format_clock(seconds: float) -> str:
+    """Return ``1h02m05s``, ``4m05s`` or ``7s``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_cost(seconds: float, cost_per_hour: float) -> str:
+    """Return the cost of ``seconds`` of machine time at ``cost_per_hour``, in the price's own currency."""
+    return f"{seconds / 3600 * cost_per_hour:.2f}"
+
+
 def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan, job_name: str,
                            stream: TextIO = sys.stdout, *, input_dir: str | Path | None = None,
-                           output_dir: str | Path | None = None, cluster: str | None = None) -> None:
+                           output_dir: str | Path | None = None, cluster: str | None = None,
+                           cost_per_hour: float | None = None, adaptive: str | None = None,
+                           force_rerun: bool = False, selection: str = "--pairs") -> None:
     """Print the machine, the input files (each invalid one with its reason) and the plan.
 
+    ``selection`` names what chose a subset of the files (``--pairs`` or ``--retry-failed``).
     ``cluster`` is a one-line description of the Dask cluster the pairs run on, or None
-    when they run in processes on this machine.
+    when they run in processes on this machine. ``adaptive`` describes the load and memory
+    thresholds of ``--adaptive``, or is None without it.
     """
     rule = "=" * 72
     quota = "none" if resources.cpu_quota is None else f"{resources.cpu_quota:g} cores"
     cgroup_note = " (cgroup memory limit)" if resources.memory_limited_by_cgroup else ""
+    estimate = plan.estimate or JobEstimate.builtin(job_name)
     lines = [
         rule,
         f"fxresearch {__version__} - VAST mode: {job_name}",
@@ -467,8 +551,17 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     for bad in scan.invalid:
         reason = bad.reason if "Expected" in bad.reason else f"{bad.reason} Expected {EXPECTED_FORM}."
         lines.append(f"  INVALID {bad.path.name}: {reason}")
-    if len(plan.files) != len(scan.valid):
-        lines.append(f"Selected by --pairs: {len(plan.files)} of {len(scan.valid)} valid files")
+    selected = len(plan.files) + len(plan.skipped)
+    if selected != len(scan.valid):
+        lines.append(f"Selected by {selection}: {selected} of {len(scan.valid)} valid files")
+    if force_rerun:
+        lines.append("Resume:             --force-rerun: every pair is computed again, current outputs included")
+    elif plan.skipped:
+        lines.append(f"Resume:             {len(plan.skipped)} of {selected} pairs are current and will be skipped "
+                     f"({', '.join(plan.skipped[:5])}{' ...' if len(plan.skipped) > 5 else ''}); "
+                     f"--force-rerun redoes them")
+    else:
+        lines.append(f"Resume:             0 of {selected} pairs are current; all run")
 
     limits = {"cores": "limited by cores", "pairs": "one per pair", "requested": "as requested",
               "memory": "limited by memory, not cores", "dask": "one per Dask worker"}
@@ -477,18 +570,26 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     for note in plan.workers.notes:
         lines.append(f"  NOTE: {note}")
     lines.append(f"Ticks:              {plan.total_ticks:,} in {len(plan.files)} files")
-    unreadable = [pair_year for pair_year, info in plan.infos.items() if info.error]
+    unreadable = [f.pair_year for f in plan.files if plan.infos.get(f.pair_year) and plan.infos[f.pair_year].error]
     if unreadable:
         lines.append(f"  Unreadable parquet footer (these pairs will fail): {', '.join(unreadable)}")
-    lines.append(f"Memory per pair:    {_format_bytes(plan.bytes_per_pair)} "
-                 f"(estimate: {BYTES_PER_TICK_ESTIMATE} bytes per tick of the largest file)")
+    lines.append(f"Memory per pair:    {_format_bytes(plan.bytes_per_pair)} for the largest file "
+                 f"(estimate: {estimate.bytes_per_tick:,.0f} bytes per tick + "
+                 f"{_format_bytes(estimate.process_bytes)} per process, {estimate.memory_source})")
     if plan.workers.limited_by == "memory":
         lines.append(f"  Memory, not cores, limits parallel pairs: {plan.parallel_pairs} x "
                      f"{_format_bytes(plan.bytes_per_pair)} fit in {resources.ram_available_gb:.1f} GB available")
-    throughput = TICKS_PER_SECOND_ESTIMATE.get(job_name, min(TICKS_PER_SECOND_ESTIMATE.values()))
-    lines.append(f"Estimated time:     ~{_format_duration(plan.estimated_seconds)} (estimate: {throughput:,} "
-                 f"ticks/s and {PAIR_SECONDS_ESTIMATE:g} s per pair job, {PROCESS_STARTUP_SECONDS_ESTIMATE:g} s "
-                 f"process start-up)")
+    if plan.memory_budget_bytes is not None and len(plan.files) > 1:
+        lines.append(f"  Largest files start first; a pair starts only while the running pairs' estimates "
+                     f"fit in {_format_bytes(plan.memory_budget_bytes)}")
+    if adaptive:
+        lines.append(f"Adaptive:           {adaptive}")
+    lines.append(f"Estimated time:     ~{_format_duration(plan.estimated_seconds)} "
+                 f"({estimate.ticks_per_second_per_worker:,.0f} ticks/s per worker, {estimate.throughput_source}; "
+                 f"{PAIR_SECONDS_ESTIMATE:g} s per pair job, {PROCESS_STARTUP_SECONDS_ESTIMATE:g} s process start-up)")
+    if cost_per_hour is not None:
+        lines.append(f"Estimated cost:     ~{format_cost(plan.estimated_seconds, cost_per_hour)} "
+                     f"at {cost_per_hour:g} per hour of this machine")
     if plan.synthetic_count:
         lines.append(f"Input:              SYNTHETIC sample data ({plan.synthetic_count} of {len(plan.files)} "
                      f"files); results on it are synthetic, not market results")
@@ -510,6 +611,8 @@ def print_plan(plan: RunPlan, output_dir: str | Path, stream: TextIO = sys.stdou
         detail = f"unreadable footer: {info.error}" if info.error else f"{info.rows:,} ticks"
         marker = " [synthetic]" if info.synthetic else ""
         stream.write(f"  {pair_file.pair_year:<12} {detail}{marker} -> {Path(output_dir) / pair_file.pair_year}\n")
+    for pair_year in plan.skipped:
+        stream.write(f"  {pair_year:<12} current, skipped\n")
     stream.flush()
 
 
@@ -556,107 +659,107 @@ def _resolve_files(files: Sequence[PairFile | str | Path],
     return unique, rejected
 
 
-def _new_pool(parallel_pairs: int, workers_per_pair: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=parallel_pairs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_setup_worker_environment, initargs=(workers_per_pair,))
-
-
 # Seconds without a finished pair after which the console gets a line on the pairs still running.
 HEARTBEAT_SECONDS = 60.0
 
 
 class _Progress:
-    """Prints one line per finished pair and appends its ledger line."""
+    """Prints one line per finished pair and a progress line, and appends the pair's ledger line.
+
+    Lines are plain text, one per event, so they read the same in a terminal, a log file or CI.
+    """
 
     def __init__(self, summary: VastSummary, total: int, stream: TextIO, run_logs: RunLogs | None,
-                 synthetic: dict[str, bool]) -> None:
+                 synthetic: dict[str, bool], rows: dict[str, int] | None = None,
+                 estimated_seconds: float | None = None, fingerprints: dict[str, str] | None = None) -> None:
         self.summary, self.total, self.stream, self.run_logs = summary, total, stream, run_logs
         self.synthetic = synthetic
+        self.rows = rows or {}
+        self.estimated_seconds = estimated_seconds
+        self.fingerprints = fingerprints or {}
         self.done = 0
+        self.rows_done = 0
         self.ok_mark, self.fail_mark = _status_symbols(stream)
         self.started = time.perf_counter()
+        # The executor's manager thread prints hold lines while the main thread prints results.
+        self._lock = threading.Lock()
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def heartbeat(self, running: Iterable[str], state: str = "running") -> None:
         """Print a line saying which pairs are still ``state`` (running, or unfinished), for long pairs."""
         names = sorted(running)
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         elapsed = time.perf_counter() - self.started
-        self.stream.write(f"... [{self.done}/{self.total}] done, {len(names)} {state} ({shown}), "
-                          f"elapsed {elapsed / 60:.0f}m{elapsed % 60:02.0f}s\n")
-        self.stream.flush()
+        self._write(f"... [{self.done}/{self.total}] done, {len(names)} {state} ({shown}), "
+                    f"elapsed {elapsed / 60:.0f}m{elapsed % 60:02.0f}s")
+
+    def hold(self, reason: str) -> None:
+        """Print why the next pair waits to start."""
+        self._write(f"... next pair waits: {reason}")
+
+    def remaining_seconds(self, unfinished: Iterable[str]) -> float | None:
+        """Return the estimated seconds left, from this run's throughput once a pair has finished.
+
+        Before the first pair ends, the plan's estimate minus the elapsed time is used.
+        """
+        elapsed = time.perf_counter() - self.started
+        unfinished_rows = sum(self.rows.get(pair_year, 0) for pair_year in unfinished)
+        if self.rows_done > 0 and elapsed > 0:
+            return unfinished_rows / (self.rows_done / elapsed)
+        if self.estimated_seconds is not None:
+            return max(0.0, self.estimated_seconds - elapsed)
+        return None
+
+    def progress(self, running: int, queued: int, unfinished: Iterable[str]) -> None:
+        """Print the run's progress: pairs done, running and queued, elapsed and estimated time left."""
+        elapsed = time.perf_counter() - self.started
+        failed = self.summary.failed
+        remaining = self.remaining_seconds(unfinished) if running + queued else 0.0
+        left = "estimate unknown" if remaining is None else f"about {_format_clock(remaining)} left (estimate)"
+        self._write(f"Progress: {self.done}/{self.total} pairs done ({failed} failed), {running} running, "
+                    f"{queued} queued; elapsed {_format_clock(elapsed)}, {left}")
 
     def record(self, result: PairResult) -> None:
+        """Add a pair's result to the summary, append its ledger line and print its line."""
         if not result.synthetic and self.synthetic.get(result.pair_year, False):
             result = replace(result, synthetic=True)
         self.summary.results.append(result)
         self.done += 1
-        _append_ledger(self.run_logs.ledger_path if self.run_logs else None, "end", result.pair_year,
-                       result.job, result.ok, result.seconds, result.message)
+        self.rows_done += self.rows.get(result.pair_year, 0)
+        error = None
+        if result.status == run_ledger.FAILED:
+            error = {"type": result.error_type, "message": result.message, "traceback": result.traceback}
+        run_ledger.append_event(self.run_logs.ledger_path if self.run_logs else None, "end", result.pair_year,
+                                result.job, result.status, ok=result.ok, seconds=result.seconds,
+                                message=result.message, error=error,
+                                fingerprint=self.fingerprints.get(result.pair_year, ""),
+                                peak_memory_bytes=result.peak_memory_bytes)
         if result.ok:
             detail = f": {result.message}" if result.message else ""
             marker = " [synthetic data]" if result.synthetic else ""
             line = (f"{self.ok_mark} [{self.done}/{self.total}] {result.pair_year} - {result.job} complete "
                     f"({result.seconds:.1f}s){detail}{marker}")
+        elif result.status == run_ledger.FAILED:
+            line = (f"{self.fail_mark} [{self.done}/{self.total}] {result.pair_year} - {result.job} failed: "
+                    f"{result.message}")
         else:
-            line = f"{self.fail_mark} [{self.done}/{self.total}] {result.pair_year} - {result.job} failed: {result.message}"
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _run_batch(executor: Executor, pairs: Sequence[PairFile], submit: Callable[[PairFile], Future],
-               progress: _Progress) -> list[PairFile]:
-    """Submit ``pairs`` and record each result as it ends.
-
-    Returns the pairs left without a result because the executor broke (a worker process
-    died); the executor is unusable afterwards.
-    """
-    futures: dict[Future, PairFile] = {}
-    unfinished: list[PairFile] = []
-    for index, pair_file in enumerate(pairs):
-        try:
-            futures[submit(pair_file)] = pair_file
-        except BrokenExecutor:
-            unfinished.extend(pairs[index:])
-            break
-        except Exception as exc:  # e.g. arguments that cannot be pickled for a remote worker
-            logger.error("%s %s could not be submitted", pair_file.pair_year, progress.summary.job,
-                         exc_info=exc, extra={FILE_ONLY: True})
-            progress.record(PairResult(pair_file.pair_year, progress.summary.job, False, 0.0,
-                                       f"not submitted: {_one_line_reason(exc)}"))
-
-    pending = set(futures)
-    while pending:
-        # A pair can run for many minutes, so a line every HEARTBEAT_SECONDS shows the run is alive.
-        finished, pending = wait(pending, timeout=HEARTBEAT_SECONDS, return_when=FIRST_COMPLETED)
-        if not finished:
-            running = [futures[future].pair_year for future in pending if future.running()]
-            if running:
-                progress.heartbeat(running)
-            else:
-                # Dask's executor never marks its futures as running, so list every unfinished pair.
-                progress.heartbeat((futures[future].pair_year for future in pending), "unfinished")
-            continue
-        for future in finished:
-            pair_file = futures[future]
-            try:
-                result = future.result()
-            except BrokenExecutor:
-                unfinished.append(pair_file)
-                continue
-            except Exception as exc:  # outside run_pair: unpickling, or a Dask worker that died
-                logger.error("%s %s failed in its worker", pair_file.pair_year, progress.summary.job,
-                             exc_info=exc, extra={FILE_ONLY: True})
-                result = PairResult(pair_file.pair_year, progress.summary.job, False, 0.0,
-                                    _executor_failure_reason(exc))
-            progress.record(result)
-    return sorted(unfinished, key=lambda p: p.path.name)
+            line = f"-- [{self.done}/{self.total}] {result.pair_year} - {result.job} {result.status}: {result.message}"
+        self._write(line)
 
 
 def _executor_failure_reason(exc: BaseException) -> str:
     """Return a one-line reason for a pair whose future raised outside ``run_pair``."""
+    if isinstance(exc, PairProcessDied):
+        return f"{exc}; its outputs are not marked complete, so a rerun computes the pair again"
     if isinstance(exc, CancelledError):
         return ("cancelled before it finished: the executor was shut down (with Dask: the cluster closed "
                 "or the client lost its scheduler connection)")
+    if isinstance(exc, BrokenExecutor):
+        return f"the executor broke before this pair finished ({_one_line_reason(exc)})"
     if type(exc).__name__ == "KilledWorker":
         # Dask's first sentence names the task and the number of workers tried; the rest is general advice.
         first_sentence = str(exc).strip().split(". ", 1)[0]
@@ -665,31 +768,94 @@ def _executor_failure_reason(exc: BaseException) -> str:
     return _one_line_reason(exc)
 
 
-def _crash_result(pair_file: PairFile, job: str) -> PairResult:
-    logger.error("%s %s: its worker process was terminated abruptly (file %s)", pair_file.pair_year, job,
-                 pair_file.path, extra={FILE_ONLY: True})
-    return PairResult(pair_file.pair_year, job, False, 0.0,
-                      "worker process crashed (terminated abruptly: segfault, out-of-memory kill or os._exit)")
+def _result_of(future: Future, pair_file: PairFile, job: str) -> PairResult:
+    """Return the pair's result, turning an exception raised outside ``run_pair`` into a failure."""
+    try:
+        return future.result()
+    except Exception as exc:  # outside run_pair: a dead pair process, unpickling, a Dask worker that died
+        logger.error("%s %s failed in its worker (file %s)", pair_file.pair_year, job, pair_file.path,
+                     exc_info=exc, extra={FILE_ONLY: True})
+        text = "".join(traceback.format_exception(exc))
+        return PairResult(pair_file.pair_year, job, False, 0.0, _executor_failure_reason(exc),
+                          error_type=type(exc).__name__, traceback=text)
+
+
+@dataclass
+class _Fanout:
+    """The futures of one run and the pairs whose results are recorded."""
+
+    futures: dict[Future, PairFile] = field(default_factory=dict)
+    recorded: set[Future] = field(default_factory=set)
+
+    def unfinished(self) -> list[str]:
+        return [pair_file.pair_year for future, pair_file in self.futures.items() if future not in self.recorded]
+
+    def counts(self) -> tuple[int, int]:
+        """Return the running and queued pairs; futures that never report running count as queued."""
+        open_futures = [future for future in self.futures if future not in self.recorded]
+        running = sum(future.running() for future in open_futures)
+        return running, len(open_futures) - running
+
+
+def _stop_after_interrupt(executor: Executor, own_executor: bool, fanout: _Fanout, progress: _Progress,
+                          output_dir: Path, job: str) -> None:
+    """Cancel the queued pairs, stop the running ones, remove their temporary files, record each."""
+    progress._write("Interrupted: cancelling queued pairs and stopping running ones ...")
+    for future in fanout.futures:
+        future.cancel()
+    stopped: list[int] = []
+    if isinstance(executor, PairProcessExecutor):
+        stopped = executor.terminate_running(STOP_GRACE_SECONDS)
+    if stopped and output_dir.is_dir():
+        from fxresearch.artifacts import remove_temp_files
+
+        removed = remove_temp_files(output_dir, set(stopped))
+        logger.info("Removed %d temporary files of stopped pair processes %s", len(removed), stopped)
+
+    for future, pair_file in fanout.futures.items():
+        if future in fanout.recorded:
+            continue
+        fanout.recorded.add(future)
+        if future.cancelled():
+            progress.record(PairResult(pair_file.pair_year, job, False, 0.0, "cancelled by Ctrl-C before it started",
+                                       status=run_ledger.NOT_STARTED))
+        elif future.done() and not isinstance(future.exception(), PairProcessDied):
+            progress.record(_result_of(future, pair_file, job))
+        elif future.done():
+            progress.record(PairResult(pair_file.pair_year, job, False, 0.0,
+                                       "stopped by Ctrl-C while running; its temporary files were removed",
+                                       status=run_ledger.INTERRUPTED))
+        else:
+            # NOTE: a caller's executor (Dask) cannot stop a running call, so it may still finish there.
+            progress.record(PairResult(pair_file.pair_year, job, False, 0.0,
+                                       "still running in the executor when the run was interrupted",
+                                       status=run_ledger.INTERRUPTED))
+    if not own_executor:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: str | Path, config: Config,
                   parallel_pairs: int, workers_per_pair: int, force_rerun: bool = False,
                   executor: Executor | None = None, stream: TextIO = sys.stdout, *,
                   invalid: Sequence[InvalidFile] = (), job_function: JobFunction | None = None,
-                  run_logs: RunLogs | None = None, synthetic: dict[str, bool] | None = None) -> VastSummary:
+                  run_logs: RunLogs | None = None, synthetic: dict[str, bool] | None = None,
+                  plan: RunPlan | None = None, admission: Callable[[], str | None] | None = None,
+                  initializer: Callable[..., Any] | None = None, initargs: tuple = (),
+                  cost_per_hour: float | None = None) -> VastSummary:
     """Run ``job`` on every pair, ``parallel_pairs`` at a time, and print a line as each ends.
 
     Parameters
     ----------
     files
         PairFiles from the folder scan, or paths; a bad name or a pair given twice fails.
+        Pairs listed in ``plan.skipped`` are not run: they get a ``skipped`` ledger line.
     job
         ``"generate-base"`` or ``"search-light"``.
     executor
         Any ``concurrent.futures.Executor``, such as ``fxresearch.cluster.open_dask_executor``'s.
-        By default a spawn-context process pool of ``parallel_pairs`` processes is made, and
-        made again after a worker crash. A future that raises fails its own pair only. A
-        caller's executor that breaks (``BrokenExecutor``) fails every pair it had not finished.
+        By default a ``PairProcessExecutor`` runs each pair in a new spawned process, so a
+        process that dies fails only its pair. A future that raises fails its own pair only;
+        a caller's executor that breaks (``BrokenExecutor``) fails every pair it had not finished.
     invalid
         Files the scan rejected; each is counted as a failed pair.
     job_function
@@ -698,11 +864,22 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
         (a module-level function) to reach a spawned process.
     synthetic
         Pair-year -> True for inputs marked synthetic, so a failed pair is marked too.
+    plan
+        The run plan: tick counts (largest files start first), memory estimates and budget,
+        skipped pairs, input fingerprints and the estimated time. Without it, pairs start in
+        the given order and no memory budget applies.
+    admission
+        Asked before a pair starts while others run: None to start, or the reason to wait
+        (``--adaptive``). Applies to the default executor only.
+    initializer, initargs
+        Called in each pair process before its job (default executor only), e.g. to set limits.
 
     Returns
     -------
     VastSummary
-        Every pair's result (invalid files first), in the order they ended.
+        Every pair's result (invalid files first), in the order they ended. After Ctrl-C,
+        ``interrupted`` is True and the stopped and never-started pairs are in the results
+        with those statuses.
     """
     if job_function is None:
         if job not in JOBS:
@@ -711,61 +888,115 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
     started = time.perf_counter()
     output_dir = Path(output_dir)
     ledger_path = run_logs.ledger_path if run_logs else None
-    summary = VastSummary(job)
+    summary = VastSummary(job, estimated_seconds=plan.estimated_seconds if plan else None,
+                          cost_per_hour=cost_per_hour)
+    fingerprints = plan.fingerprints if plan else {}
+    rows = {pair_year: info.rows for pair_year, info in plan.infos.items()} if plan else {}
+    skipped = set(plan.skipped) if plan else set()
+
+    if output_dir.is_dir():
+        from fxresearch.artifacts import remove_temp_files
+
+        # Temporary files of processes that no longer exist: a run killed before it could clean up.
+        remove_temp_files(output_dir)
 
     pair_files, rejected = _resolve_files(files, invalid)
     for bad in rejected:
         summary.results.append(PairResult(bad.path.name, job, False, 0.0, bad.reason))
-        _append_ledger(ledger_path, "end", bad.path.name, job, False, 0.0, bad.reason)
-    progress = _Progress(summary, len(pair_files), stream, run_logs, synthetic or {})
+        run_ledger.append_event(ledger_path, "end", bad.path.name, job, run_ledger.FAILED, ok=False, seconds=0.0,
+                                message=bad.reason, error={"type": "InvalidFile", "message": bad.reason,
+                                                           "traceback": ""})
+    for pair_file in pair_files:
+        if pair_file.pair_year in skipped:
+            summary.skipped.append(pair_file.pair_year)
+            run_ledger.append_event(ledger_path, "end", pair_file.pair_year, job, run_ledger.SKIPPED, ok=True,
+                                    seconds=0.0, message="outputs current",
+                                    fingerprint=fingerprints.get(pair_file.pair_year, ""))
+    to_run = [f for f in pair_files if f.pair_year not in skipped]
+    # Largest files first, so the run does not end on one long straggler.
+    to_run.sort(key=lambda f: -rows.get(f.pair_year, 0))
 
-    def submit_to(pool: Executor) -> Callable[[PairFile], Future]:
-        return lambda p: pool.submit(run_pair, job_function, job, p.path, output_dir, config,
-                                     force_rerun, workers_per_pair, run_logs)
-
-    pending = list(pair_files)
-    while pending:
-        pool = executor or _new_pool(parallel_pairs, workers_per_pair)
-        offset = _ledger_size(ledger_path)
-        try:
-            unfinished = _run_batch(pool, pending, submit_to(pool), progress)
-        finally:
-            if executor is None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        if not unfinished:
-            break
-        logger.warning("A worker process died; %d unfinished pairs: %s", len(unfinished),
-                       ", ".join(p.pair_year for p in unfinished))
-
-        if executor is not None:
-            # NOTE: a caller's executor cannot be rebuilt here, so its unfinished pairs fail.
-            for pair_file in unfinished:
-                progress.record(_crash_result(pair_file, job))
-            break
-
-        # The pairs that had started may have crashed the pool; the others did not run yet.
-        started_pairs = _pairs_started_since(ledger_path, offset)
-        suspects = [p for p in unfinished if started_pairs is None or p.pair_year in started_pairs]
-        if not suspects:
-            # The pool died before any pair started (e.g. in the initializer): suspect them all.
-            suspects = unfinished
-        pending = [p for p in unfinished if p not in suspects]
-        if len(suspects) == 1:
-            progress.record(_crash_result(suspects[0], job))
-            continue
-
-        # Several pairs were running: rerun each alone so that only the one that crashes fails.
-        for suspect in suspects:
-            solo = _new_pool(1, workers_per_pair)
-            try:
-                if _run_batch(solo, [suspect], submit_to(solo), progress):
-                    progress.record(_crash_result(suspect, job))
-            finally:
-                solo.shutdown(wait=True, cancel_futures=True)
+    progress = _Progress(summary, len(to_run), stream, run_logs, synthetic or {}, rows,
+                         plan.estimated_seconds if plan else None, fingerprints)
+    measurements = Measurements.load(output_dir) if plan else None
+    own_executor = executor is None
+    if executor is None:
+        executor = PairProcessExecutor(parallel_pairs, initializer=initializer, initargs=initargs,
+                                       memory_budget_bytes=plan.memory_budget_bytes if plan else None,
+                                       admission=admission, on_hold=progress.hold)
+    fanout = _Fanout()
+    try:
+        for pair_file in to_run:
+            _submit(executor, pair_file, fanout, progress, job_function, job, output_dir, config, force_rerun,
+                    workers_per_pair, run_logs, plan)
+        _collect(fanout, progress, job, measurements, output_dir, rows, workers_per_pair)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        _stop_after_interrupt(executor, own_executor, fanout, progress, output_dir, job)
+    finally:
+        if own_executor:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     summary.seconds = time.perf_counter() - started
-    logger.info("%s run finished: %d pairs, %d failed, %.1fs", job, summary.total, summary.failed, summary.seconds)
+    logger.info("%s run finished: %d pairs, %d failed, %d skipped, %.1fs%s", job, summary.total, summary.failed,
+                len(summary.skipped), summary.seconds, " (interrupted)" if summary.interrupted else "")
     return summary
+
+
+def _submit(executor: Executor, pair_file: PairFile, fanout: _Fanout, progress: _Progress,
+            job_function: JobFunction, job: str, output_dir: Path, config: Config, force_rerun: bool,
+            workers_per_pair: int, run_logs: RunLogs | None, plan: RunPlan | None) -> None:
+    """Submit one pair; a submission that fails becomes that pair's failure."""
+    weight = plan.pair_bytes(pair_file.pair_year) if plan else 0
+    budget = None
+    if plan is not None and plan.memory_budget_bytes is not None:
+        budget = int(max(weight, plan.memory_budget_bytes / max(1, plan.parallel_pairs)))
+    args = (run_pair, job_function, job, pair_file.path, output_dir, config, force_rerun, workers_per_pair, run_logs)
+    kwargs = {"fingerprint": plan.fingerprints.get(pair_file.pair_year, "") if plan else "",
+              "memory_budget_bytes": budget}
+    try:
+        if isinstance(executor, PairProcessExecutor):
+            future = executor.submit_weighted(weight, *args, **kwargs)
+        else:
+            future = executor.submit(*args, **kwargs)
+    except Exception as exc:  # e.g. arguments that cannot be pickled for a remote worker, or a broken executor
+        logger.error("%s %s could not be submitted", pair_file.pair_year, job, exc_info=exc, extra={FILE_ONLY: True})
+        future = Future()
+        future.set_exception(RuntimeError(f"not submitted: {_one_line_reason(exc)}"))
+        fanout.futures[future] = pair_file
+        fanout.recorded.add(future)
+        progress.record(PairResult(pair_file.pair_year, job, False, 0.0, f"not submitted: {_one_line_reason(exc)}",
+                                   error_type=type(exc).__name__, traceback="".join(traceback.format_exception(exc))))
+        return
+    fanout.futures[future] = pair_file
+
+
+def _collect(fanout: _Fanout, progress: _Progress, job: str, measurements: Measurements | None,
+             output_dir: Path, rows: dict[str, int], workers_per_pair: int) -> None:
+    """Record each pair's result as it ends, with a progress line, and a heartbeat while none ends."""
+    pending = {future for future in fanout.futures if future not in fanout.recorded}
+    while pending:
+        # A pair can run for many minutes, so a line every HEARTBEAT_SECONDS shows the run is alive.
+        finished, pending = wait(pending, timeout=HEARTBEAT_SECONDS, return_when=FIRST_COMPLETED)
+        if not finished:
+            running = [fanout.futures[future].pair_year for future in pending if future.running()]
+            if running:
+                progress.heartbeat(running)
+            else:
+                # Dask's executor never marks its futures as running, so list every unfinished pair.
+                progress.heartbeat((fanout.futures[future].pair_year for future in pending), "unfinished")
+            progress.progress(*fanout.counts(), fanout.unfinished())
+            continue
+        for future in finished:
+            pair_file = fanout.futures[future]
+            result = _result_of(future, pair_file, job)
+            fanout.recorded.add(future)
+            progress.record(result)
+            if measurements is not None and result.ok and result.measured and pair_file.pair_year in rows:
+                measurements.record(job, rows[pair_file.pair_year], result.seconds, workers_per_pair,
+                                    result.peak_memory_bytes)
+                measurements.save(output_dir)
+        progress.progress(*fanout.counts(), fanout.unfinished())
 
 
 def run_single_pair(path: str | Path, job: str, output_dir: str | Path, config: Config, force_rerun: bool,
@@ -783,19 +1014,43 @@ def run_single_pair(path: str | Path, job: str, output_dir: str | Path, config: 
 
 
 def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream: TextIO = sys.stdout) -> None:
-    """Print the totals (``Failed: N`` exactly in that form), the failed pairs and the run files."""
+    """Print the totals (``Failed: N`` exactly in that form), the failed pairs and the run files.
+
+    After Ctrl-C it lists the finished, failed, stopped and never-started pairs. With an
+    estimate it prints the estimated time (and cost) beside the actual.
+    """
     lines = [
         "-" * 72,
-        f"Summary: {summary.job}",
+        f"Summary: {summary.job}" + (" (INTERRUPTED)" if summary.interrupted else ""),
         f"  Total pairs: {summary.total}",
         f"  Successful: {summary.successful}",
         f"  Failed: {summary.failed}",
-        f"  Total time: {summary.seconds:.1f}s",
     ]
-    failed = [r for r in summary.results if not r.ok]
+    if summary.skipped:
+        lines.append(f"  Skipped (outputs current): {len(summary.skipped)}")
+    time_line = f"  Total time: {summary.seconds:.1f}s"
+    if summary.estimated_seconds is not None:
+        time_line += f" (estimated ~{_format_duration(summary.estimated_seconds)})"
+    lines.append(time_line)
+    if summary.cost_per_hour is not None:
+        cost_line = f"  Cost: ~{format_cost(summary.seconds, summary.cost_per_hour)}"
+        if summary.estimated_seconds is not None:
+            cost_line += f" (estimated ~{format_cost(summary.estimated_seconds, summary.cost_per_hour)})"
+        lines.append(cost_line + f" at {summary.cost_per_hour:g} per hour")
+    if summary.interrupted:
+        finished = summary.with_status(run_ledger.OK)
+        lines.append(f"  Finished ({len(finished)}): {', '.join(finished) or 'none'}")
+    failed = [r for r in summary.results if r.status == run_ledger.FAILED]
     if failed:
         lines.append("  Failed pairs:")
         lines.extend(f"    {r.pair_year}: {r.message}" for r in failed)
+    if summary.interrupted:
+        stopped = summary.with_status(run_ledger.INTERRUPTED)
+        not_started = summary.with_status(run_ledger.NOT_STARTED)
+        lines.append(f"  Stopped while running ({len(stopped)}): {', '.join(stopped) or 'none'}")
+        lines.append(f"  Not started ({len(not_started)}): {', '.join(not_started) or 'none'}")
+        lines.append("  Rerun the same command to compute the stopped and not started pairs; "
+                     "finished ones are skipped.")
     synthetic = sum(r.synthetic for r in summary.results)
     if synthetic:
         lines.append(f"  Results of {synthetic} of {summary.total} pairs are on SYNTHETIC data, not market data.")

@@ -1,7 +1,11 @@
 """Output paths, atomic writes and the per-pair manifest.
 
 Every artifact is written to a temporary name in the same folder and renamed into place, so
-a killed run never leaves a half-written file under a final name. The manifest
+a killed run never leaves a half-written file under a final name. The temporary name
+carries the writing process's id and a random part (``.NAME.<pid>.<uuid>.tmp``), so two
+processes never share one, and a parent can remove what a stopped pair process left
+(``remove_temp_files``). The manifest is saved after the files it lists, so it is the mark
+that they are complete. The manifest
 (``output/PAIR_YEAR/manifest.json``) records, for each artifact, the input file's
 fingerprint, a hash of the configuration sections the stage reads, the code version and the
 artifacts it was built from. An artifact is current only when all of these still match.
@@ -9,11 +13,13 @@ artifacts it was built from. An artifact is current only when all of these still
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
-import tempfile
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +32,72 @@ from fxresearch import __version__
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+# Temporary names: a dot, the final name, the writer's pid, 32 hex digits, ".tmp".
+TEMP_NAME_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<token>[0-9a-f]{32})\.tmp$")
+
+
+class OutputWriteError(OSError):
+    """An artifact could not be written; the message names the path, the cause and the fix."""
+
+
+def _write_failure(path: Path, exc: OSError) -> OutputWriteError:
+    """Return an OutputWriteError for ``exc`` with the advice that fits its errno."""
+    cause = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (f"The disk holding {path.parent} is full. Free space there (or pass another --output-dir) "
+               f"and rerun: finished pairs are kept and skipped")
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"The folder {path.parent} is not writable. Fix its permissions or pass a writable --output-dir"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = f"A file is in the way of the output folder {path.parent}. Move it, or pass another --output-dir"
+    else:
+        fix = "Check the output folder and rerun"
+    error = OutputWriteError(exc.errno, f"Cannot write {path}: {cause}. {fix}.")
+    error.filename = str(path)
+    return error
 
 
 def pair_dir(output_dir: str | Path, pair_year: str) -> Path:
-    """Return ``output_dir/PAIR_YEAR``, created if missing."""
+    """Return ``output_dir/PAIR_YEAR``, created if missing.
+
+    Raises OutputWriteError when the folder cannot be made, and ValueError when ``pair_year``
+    is not one folder name directly inside ``output_dir``.
+    """
     path = Path(output_dir) / pair_year
-    path.mkdir(parents=True, exist_ok=True)
+    # Checked before mkdir: a name such as "../x", "EUR/USD" or an absolute path, or an existing
+    # symbolic link at ``path``, would put the pair's files outside the output folder.
+    root = Path(output_dir).resolve()
+    if pair_year in ("", ".", "..") or Path(pair_year).name != pair_year or path.resolve().parent != root:
+        raise ValueError(
+            f"Pair folder name {pair_year!r} does not resolve to a folder directly inside the output folder "
+            f"{root}. Use a SYMBOL_YEAR name such as EURUSD_2025, and remove any symbolic link there that leads out."
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_failure(path / MANIFEST_NAME, exc) from exc
     return path
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def temp_path_for(path: Path) -> Path:
+    """Return a temporary name beside ``path`` unique to this process and call."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _atomic_target(path: Path) -> tuple[int, Path]:
+    tmp = temp_path_for(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
+    except OSError as exc:
+        raise _write_failure(path, exc) from exc
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside ``path``, then rename it into place."""
+    """Write bytes to a temporary file beside ``path``, then rename it into place.
+
+    Raises OutputWriteError, naming the path and the fix, when the write fails.
+    """
     path = Path(path)
     fd, tmp = _atomic_target(path)
     try:
@@ -50,9 +106,41 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):
+            raise _write_failure(path, exc) from exc
         raise
+
+
+def remove_temp_files(folder: str | Path, pids: set[int] | None = None) -> list[Path]:
+    """Remove temporary files under ``folder`` written by ``pids``, or by any process that is gone.
+
+    With ``pids`` None, a file is removed only when no process with its pid exists, so the
+    files of a running writer stay. Returns the removed paths.
+    """
+    removed = []
+    for path in Path(folder).rglob(".*.tmp"):
+        match = TEMP_NAME_RE.match(path.name)
+        if match is None:
+            continue
+        pid = int(match["pid"])
+        if (pid in pids) if pids is not None else not _process_exists(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info("Removed %d temporary files under %s", len(removed), folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def write_json_atomic(path: str | Path, document: Any) -> None:
@@ -88,8 +176,10 @@ def write_parquet_atomic(path: str | Path, table: pd.DataFrame | pa.Table,
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):
+            raise _write_failure(path, exc) from exc
         raise
 
 
@@ -129,6 +219,14 @@ class Manifest:
 
     def entry(self, name: str) -> dict[str, Any] | None:
         return self.document["artifacts"].get(name)
+
+    def forget(self, name: str) -> bool:
+        """Drop an artifact's entry before it is rebuilt; return True when there was one.
+
+        Saved before the rebuild, this keeps the manifest from listing files that are being
+        replaced, so a run killed mid-stage leaves that stage not current.
+        """
+        return self.document["artifacts"].pop(name, None) is not None
 
     def stale_reason(self, name: str, input_fingerprint: str, config_hash: str,
                      depends_on: dict[str, str] | None = None, code_version: str = __version__) -> str | None:

@@ -178,6 +178,9 @@ def _run_stage(ctx: PairContext, name: str, config_hash: str, depends: tuple[str
         logger.info("%s: %s is current, reused", ctx.pair_year, name)
         return
     logger.info("%s: building %s (%s)", ctx.pair_year, name, reason)
+    # The manifest must never list files that are being replaced, so a stale entry goes first.
+    if ctx.manifest.forget(name):
+        ctx.manifest.save()
     started = time.perf_counter()
     try:
         files, extra = build(ctx)

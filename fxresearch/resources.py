@@ -31,23 +31,36 @@ MAX_WORKERS_PER_PAIR = 4
 # Cores given to each pair when the plan is recommended, before the caps above.
 CORES_PER_PAIR = 4
 
-# Estimate of a pair job's peak memory per input tick: the tick arrays, bar tables,
-# labels and the pandas copies between them. Measured peaks on a 14.6-million-tick
-# synthetic year with the default configuration: 117 bytes per tick for generate-base and
-# 188 for search-light.
+# Built-in estimate of a pair job's peak memory per input tick, used until a run in the
+# output folder has measured it: the tick arrays, bar tables, labels and the pandas copies
+# between them. Measured peaks on a 14.6-million-tick synthetic year with the default
+# configuration: 117 bytes per tick for generate-base and 188 for search-light.
 BYTES_PER_TICK_ESTIMATE = 200
+# Built-in estimate of a pair process's memory before its ticks: Python, numpy, pandas,
+# pyarrow, numba and the job modules. NOTE: a rounded-up judgment; runs replace it with the
+# smallest peak they measure.
+PROCESS_BYTES_ESTIMATE = 300 * 1024 ** 2
 # Share of available RAM the plan may fill, leaving room for the OS and the page cache.
 MEMORY_HEADROOM = 0.8
 
-# Estimates for the banner's run time only: a pair job's throughput in input ticks per
-# second, the fixed cost of each pair, and the start-up of each pair process (spawn,
-# imports, numba cache load). On a 14.6-million-tick synthetic year in one 2-thread pair
-# process, generate-base ran at 1.04 million ticks/s and search-light (2,655 strategies)
-# at 540,000; the figures below are rounded down. Small files are dominated by the
-# per-pair cost.
-TICKS_PER_SECOND_ESTIMATE = {"generate-base": 900_000, "search-light": 450_000}
+# Built-in throughput estimates for the banner's run time, used until a run in the output
+# folder has measured them: input ticks per second per worker thread of a pair job. On a
+# 14.6-million-tick synthetic year in one 2-thread pair process, generate-base ran at 1.04
+# million ticks/s and search-light (2,655 strategies) at 540,000; the figures below are those
+# halved per thread and rounded down. Small files are dominated by the fixed costs below.
+TICKS_PER_SECOND_ESTIMATE = {"generate-base": 450_000, "search-light": 225_000}
+# Fixed seconds of each pair job, and of starting its process (spawn, imports, numba cache load).
 PAIR_SECONDS_ESTIMATE = 0.5
-PROCESS_STARTUP_SECONDS_ESTIMATE = 5.0
+PROCESS_STARTUP_SECONDS_ESTIMATE = 2.0
+
+# Stored measurements of earlier runs: output/runs/measurements.json.
+MEASUREMENTS_NAME = "measurements.json"
+# Pairs below this many ticks are dominated by fixed costs, so they set no per-tick rate.
+MIN_TICKS_FOR_RATES = 100_000
+# Measurements kept per job, newest last.
+MAX_MEASUREMENTS = 50
+# Environment variable through which a pair process learns its memory budget in bytes.
+PAIR_MEMORY_ENV = "FXRESEARCH_PAIR_MEMORY_BYTES"
 
 
 @dataclass(frozen=True)
@@ -157,20 +170,144 @@ def max_pairs_for_memory(available_bytes: float, bytes_per_pair: float) -> int |
 
 
 def estimate_pair_bytes(rows: int) -> int:
-    """Return the estimated peak memory of one pair job in bytes (see BYTES_PER_TICK_ESTIMATE)."""
+    """Return the built-in estimate of one pair job's peak memory in bytes, ticks only.
+
+    ``JobEstimate.pair_bytes`` adds the process's fixed memory and uses measured rates.
+    """
     return rows * BYTES_PER_TICK_ESTIMATE
 
 
-def estimate_run_seconds(rows: Iterable[int], job: str, parallel_pairs: int) -> float:
+def estimate_run_seconds(rows: Iterable[int], job: str, parallel_pairs: int, workers_per_pair: int = 1,
+                         estimate: "JobEstimate | None" = None) -> float:
     """Return an estimate of a run's wall time from its tick counts.
 
-    Each pair process starts once. The pairs' fixed costs and ticks are divided evenly
-    across ``parallel_pairs``, which is optimistic when one file is much larger than the rest.
+    Pairs start largest first, each on the slot that frees up first, as the scheduler runs
+    them; every pair pays its process start-up and fixed cost.
     """
-    rows = list(rows)
-    throughput = TICKS_PER_SECOND_ESTIMATE.get(job, min(TICKS_PER_SECOND_ESTIMATE.values()))
-    serial_seconds = len(rows) * PAIR_SECONDS_ESTIMATE + sum(rows) / throughput
-    return PROCESS_STARTUP_SECONDS_ESTIMATE + serial_seconds / max(1, parallel_pairs)
+    estimate = estimate or JobEstimate.builtin(job)
+    slots = [0.0] * max(1, parallel_pairs)
+    for count in sorted(rows, reverse=True):
+        index = slots.index(min(slots))
+        slots[index] += estimate.pair_seconds(count, workers_per_pair)
+    return max(slots)
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """Per-tick memory and throughput of one job, measured in this output folder or built in."""
+
+    job: str
+    bytes_per_tick: float
+    process_bytes: float
+    ticks_per_second_per_worker: float
+    # Where the figures come from, in words, for the banner.
+    memory_source: str
+    throughput_source: str
+
+    @classmethod
+    def builtin(cls, job: str) -> "JobEstimate":
+        throughput = TICKS_PER_SECOND_ESTIMATE.get(job, min(TICKS_PER_SECOND_ESTIMATE.values()))
+        return cls(job, BYTES_PER_TICK_ESTIMATE, PROCESS_BYTES_ESTIMATE, throughput,
+                   "built-in default", "built-in default")
+
+    def pair_bytes(self, rows: int) -> int:
+        """Return the estimated peak memory of one pair process in bytes."""
+        return int(self.process_bytes + rows * self.bytes_per_tick)
+
+    def pair_seconds(self, rows: int, workers: int) -> float:
+        """Return the estimated wall time of one pair, its process start-up included."""
+        return (PROCESS_STARTUP_SECONDS_ESTIMATE + PAIR_SECONDS_ESTIMATE
+                + rows / (self.ticks_per_second_per_worker * max(1, workers)))
+
+
+class Measurements:
+    """Peak memory and run time of earlier pair jobs, stored in ``output/runs/measurements.json``.
+
+    Each job keeps its last ``MAX_MEASUREMENTS`` samples of ``rows``, ``seconds`` (the job,
+    without process start-up), ``workers`` and ``peak_bytes`` (the pair process's maximum
+    resident memory). Only jobs that built their outputs are recorded, because a reused
+    result says nothing about cost.
+    """
+
+    def __init__(self, document: dict | None = None) -> None:
+        self.document: dict = document if isinstance(document, dict) else {}
+        self.document.setdefault("jobs", {})
+
+    @classmethod
+    def load(cls, output_dir: str | Path) -> "Measurements":
+        """Read the stored measurements, or start empty when there are none or they are unreadable."""
+        import json
+
+        path = Path(output_dir) / "runs" / MEASUREMENTS_NAME
+        try:
+            return cls(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            logger.warning("Ignoring unreadable measurements %s (%s); built-in estimates are used", path, exc)
+            return cls()
+
+    def save(self, output_dir: str | Path) -> None:
+        """Write the measurements atomically; a failure is logged, never raised."""
+        from fxresearch.artifacts import write_json_atomic
+
+        try:
+            write_json_atomic(Path(output_dir) / "runs" / MEASUREMENTS_NAME, self.document)
+        except OSError as exc:
+            logger.warning("Cannot store run measurements in %s: %s", output_dir, exc)
+
+    def record(self, job: str, rows: int, seconds: float, workers: int, peak_bytes: int | None) -> None:
+        """Add one finished pair job's sample."""
+        samples = self.document["jobs"].setdefault(job, [])
+        samples.append({"rows": int(rows), "seconds": round(float(seconds), 3), "workers": int(workers),
+                        "peak_bytes": None if peak_bytes is None else int(peak_bytes)})
+        del samples[:-MAX_MEASUREMENTS]
+
+    def estimate(self, job: str) -> JobEstimate:
+        """Return the job's estimate: measured figures where samples allow, built-in ones elsewhere.
+
+        The fixed process memory is the smallest measured peak. The per-tick memory is the
+        largest of the large pairs' ``(peak - fixed) / rows``, so the estimate leans high.
+        The throughput is the median over large pairs of ticks per second per worker.
+        """
+        builtin = JobEstimate.builtin(job)
+        samples = self.document["jobs"].get(job, [])
+        peaks = [s for s in samples if s.get("peak_bytes")]
+        large = [s for s in samples if s.get("rows", 0) >= MIN_TICKS_FOR_RATES and s.get("seconds", 0) > 0]
+
+        process_bytes, memory_source = builtin.process_bytes, builtin.memory_source
+        bytes_per_tick = builtin.bytes_per_tick
+        if peaks:
+            process_bytes = min(s["peak_bytes"] for s in peaks)
+            large_peaks = [s for s in peaks if s["rows"] >= MIN_TICKS_FOR_RATES]
+            if large_peaks:
+                bytes_per_tick = max((s["peak_bytes"] - process_bytes) / s["rows"] for s in large_peaks)
+                memory_source = f"measured on {len(large_peaks)} earlier pairs"
+            else:
+                memory_source = (f"process memory measured on {len(peaks)} earlier pairs, "
+                                 f"{BYTES_PER_TICK_ESTIMATE} bytes per tick built in")
+
+        throughput, throughput_source = builtin.ticks_per_second_per_worker, builtin.throughput_source
+        if large:
+            rates = sorted(s["rows"] / max(s["seconds"] - PAIR_SECONDS_ESTIMATE, 1e-3) / max(1, s["workers"])
+                           for s in large)
+            throughput = rates[len(rates) // 2]
+            throughput_source = f"measured on {len(large)} earlier pairs"
+        return JobEstimate(job, bytes_per_tick, process_bytes, throughput, memory_source, throughput_source)
+
+
+def pair_memory_budget() -> int | None:
+    """Return this pair process's memory budget in bytes, set by the VAST run, or None."""
+    text = os.environ.get(PAIR_MEMORY_ENV, "")
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def system_load() -> tuple[float, float]:
+    """Return the 1-minute load average per usable core and the share of memory in use (percent)."""
+    import psutil
+
+    cores = max(1, _affinity_cores())
+    return os.getloadavg()[0] / cores, float(psutil.virtual_memory().percent)
 
 
 def read_tick_file_info(path: str | Path) -> TickFileInfo:

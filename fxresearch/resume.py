@@ -1,0 +1,98 @@
+"""Which pairs a VAST run must compute: current outputs are skipped, failed ones retried.
+
+A pair is current when its manifest says every output of the job was built from this input
+file (same content fingerprint), this configuration and this code, and the files exist. The
+manifest is written after the files it lists, so a pair killed mid-run is never current.
+The run ledger only records history; ``--retry-failed`` reads it to choose the pairs to rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from fxresearch.config import Config
+from fxresearch.naming import PairFile
+
+logger = logging.getLogger(__name__)
+
+# Input files hashed at once: hashing is mostly disk reads, and hashlib releases the GIL.
+FINGERPRINT_THREADS = 4
+
+
+@dataclass
+class ResumeCheck:
+    """Each pair's input fingerprint and the pairs whose outputs are current."""
+
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    current: set[str] = field(default_factory=set)
+    # Pair-year -> why it could not be checked (it then runs, and its job reports the problem).
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _check_pair(pair_file: PairFile, job: str, output_dir: Path, config: Config) -> tuple[str, bool]:
+    """Return the pair's input fingerprint and whether the job's outputs are current."""
+    from fxresearch import artifacts
+    from fxresearch.base import PairContext, base_is_current
+    from fxresearch.instruments import get_instrument
+
+    fingerprint = artifacts.file_fingerprint(pair_file.path)
+    out_dir = Path(output_dir) / pair_file.pair_year
+    if not (out_dir / artifacts.MANIFEST_NAME).is_file():
+        return fingerprint, False
+    instrument = get_instrument(pair_file.symbol, config)
+    ctx = PairContext(pair_file.path, out_dir, pair_file.pair_year, config, instrument, fingerprint,
+                      artifacts.Manifest.load(out_dir), False)
+    if not base_is_current(ctx):
+        return fingerprint, False
+    if job == "generate-base":
+        return fingerprint, True
+
+    from fxresearch.codeversion import code_version
+    from fxresearch.search import RESULTS_DEPENDS, RESULTS_STAGE, _results_spec
+
+    depends = {name: ctx.manifest.build_id(name) for name in RESULTS_DEPENDS}
+    current = ctx.manifest.is_current(RESULTS_STAGE, fingerprint, _results_spec(config), depends,
+                                      code_version(RESULTS_STAGE))
+    return fingerprint, current
+
+
+def check_current(files: Sequence[PairFile], job: str, output_dir: str | Path, config: Config) -> ResumeCheck:
+    """Fingerprint every input file and find the pairs whose ``job`` outputs are current.
+
+    Reads each input file once, in ``FINGERPRINT_THREADS`` threads. A pair that cannot be
+    checked (an unreadable file, an unknown symbol) is not current, and its error is kept.
+    """
+    check = ResumeCheck()
+    output_dir = Path(output_dir)
+
+    def one(pair_file: PairFile) -> tuple[PairFile, str, bool, str]:
+        try:
+            fingerprint, current = _check_pair(pair_file, job, output_dir, config)
+        except (OSError, ValueError) as exc:
+            return pair_file, "", False, f"{type(exc).__name__}: {exc}"
+        return pair_file, fingerprint, current, ""
+
+    with ThreadPoolExecutor(max_workers=FINGERPRINT_THREADS) as pool:
+        for pair_file, fingerprint, current, error in pool.map(one, files):
+            if fingerprint:
+                check.fingerprints[pair_file.pair_year] = fingerprint
+            if current:
+                check.current.add(pair_file.pair_year)
+            if error:
+                check.errors[pair_file.pair_year] = error
+                logger.info("%s: cannot check its outputs (%s); it runs", pair_file.pair_year, error)
+    return check
+
+
+def pairs_to_retry(output_dir: str | Path, exclude_ledger: Path | None = None) -> tuple[Path | None, list[str]]:
+    """Return the last run's ledger and the pairs it marks failed (``--retry-failed``)."""
+    from fxresearch.ledger import failed_pairs, latest_ledger
+
+    ledger = latest_ledger(output_dir, exclude=exclude_ledger)
+    if ledger is None:
+        return None, []
+    return ledger, failed_pairs(ledger)
