@@ -326,6 +326,8 @@ class Leaderboard:
     skipped: dict[str, str]
     trials: RunTrials
     run: RunRecord | None
+    # Pair -> its loaded results and search report, for the HTML report.
+    outputs: dict[str, PairOutputs] = field(default_factory=dict)
 
 
 def leaderboard_columns() -> list[str]:
@@ -393,11 +395,12 @@ def family_summary(pairs: list[PairOutputs]) -> pd.DataFrame:
 
     rows = pd.concat(frames, ignore_index=True)
     grouped = rows.groupby(["family", "params"], sort=False)
+    top_pairs = rows[rows["top_decile"]].groupby(["family", "params"])["pair_year"].agg(
+        lambda names: ",".join(sorted(names)))
     summary = pd.DataFrame({
         "n_pairs_tried": grouped["pair_year"].nunique(),
         "n_pairs_top_decile": grouped["top_decile"].sum().astype(np.int64),
-        "pairs_top_decile": grouped.apply(lambda g: ",".join(sorted(g.loc[g["top_decile"], "pair_year"])),
-                                          include_groups=False),
+        "pairs_top_decile": top_pairs.reindex(grouped.size().index, fill_value=""),
         "median_best_score": grouped["score"].median(),
         "median_rank_fraction": grouped["rank_fraction"].median(),
         "median_sharpe_is": grouped["sharpe_is"].median(),
@@ -458,7 +461,8 @@ def build_leaderboard(output_dir: str | Path, pairs: list[str] | None = None,
         logger.info("Leaderboard: %s has no rows: %s", pair_year, reason)
     logger.info("Leaderboard: %d rows from %d pairs; %d trials in the run (%d effective)",
                 len(table), len(ranked), trials.n_trials, trials.effective_trials)
-    return Leaderboard(table, family_summary(ranked), list(pairs), skipped, trials, record)
+    return Leaderboard(table, family_summary(ranked), list(pairs), skipped, trials, record,
+                       {p.pair_year: p for p in loaded})
 
 
 def write_leaderboard(output_dir: str | Path, board: Leaderboard) -> list[Path]:
