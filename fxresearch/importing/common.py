@@ -327,7 +327,7 @@ def parse_zone(text: str, option: str) -> ZoneRule:
     """
     value = text.strip()
     if value.upper() in ("UTC", "GMT", "Z"):
-        return UTC_RULE
+        return ZoneRule(f"UTC (from {option})")
     match = _OFFSET_RE.match(value)
     if match:
         sign = 1 if match["sign"] == "+" else -1
