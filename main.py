@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 import vast_mode
-from fxresearch import __version__
+from fxresearch import __version__, resume
 from fxresearch.config import Config, ConfigError, load_config
 from fxresearch.naming import InvalidFileNameError, ScanResult, parse_pair_filename, scan_input_dir
+from fxresearch.resources import Measurements
 
 DEFAULT_INPUT_DIR = Path("data/parquet")
 DEFAULT_OUTPUT_DIR = Path("output")
@@ -73,6 +74,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {value:g}")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = _positive_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage up to 100, got {value:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser: an input (one file or a folder), exactly one job, and run options."""
     parser = _Parser(
@@ -108,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     vast.add_argument("--pairs", metavar="LIST",
                       help="comma-separated symbols or PAIR_YEAR ids to run, e.g. EURUSD,GBPJPY_2020")
     vast.add_argument("--dry-run", action="store_true", help="print the resources and the plan, then stop")
+    vast.add_argument("--retry-failed", action="store_true",
+                      help="run only the pairs that the last run's ledger (DIR/runs/) marks failed; a plain rerun "
+                           "runs the failed and the unfinished pairs")
+    vast.add_argument("--adaptive", action="store_true",
+                      help="hold new pairs while the machine's load or memory use is above --max-load or "
+                           "--max-memory-percent")
+    vast.add_argument("--max-load", type=_positive_float, default=1.0, metavar="LOAD",
+                      help="with --adaptive: 1-minute load average per usable core above which new pairs wait "
+                           "(default 1.0)")
+    vast.add_argument("--max-memory-percent", type=_percent, default=85.0, metavar="PERCENT",
+                      help="with --adaptive: share of the machine's memory in use above which new pairs wait "
+                           "(default 85)")
+    vast.add_argument("--cost-per-hour", type=_positive_float, metavar="PRICE",
+                      help="price of one hour of this machine; the banner prints the estimated cost and the "
+                           "summary the actual one, in the price's currency")
     dask = vast.add_mutually_exclusive_group()
     dask.add_argument("--dask-scheduler", metavar="ADDRESS",
                       help="run the pairs on the workers of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 "
@@ -144,7 +177,9 @@ def validate_args(args: argparse.Namespace) -> None:
         vast_only = {"--input-dir": args.input_dir is not None, "--parallel-pairs": args.parallel_pairs is not None,
                      "--max-workers": args.max_workers is not None, "--pairs": args.pairs is not None,
                      "--dry-run": args.dry_run, "--dask-scheduler": args.dask_scheduler is not None,
-                     "--dask-local-workers": args.dask_local_workers is not None}
+                     "--dask-local-workers": args.dask_local_workers is not None,
+                     "--retry-failed": args.retry_failed, "--adaptive": args.adaptive,
+                     "--cost-per-hour": args.cost_per_hour is not None}
         present_options = [name for name, present in vast_only.items() if present]
         if present_options:
             raise UsageError(f"{', '.join(present_options)} only applies with --vast-mode")
@@ -265,9 +300,20 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
     except vast_mode.PairSelectionError as exc:
         raise UsageError(str(exc), hint=False) from None
 
+    if args.retry_failed:
+        selected = _select_failed(args, selected)
+        if not selected:
+            return EXIT_OK
+    # A pair whose manifest says its outputs are current is skipped, unless asked to redo it.
+    check = resume.check_current(selected, args.job, args.output_dir, config)
+    skipped = [] if args.force_rerun or args.retry_failed else sorted(check.current)
+    plan_options = {"estimate": Measurements.load(args.output_dir).estimate(args.job), "skipped": skipped,
+                    "fingerprints": check.fingerprints}
+
     resources = vast_mode.detect_resources()
     if not on_dask:
-        plan = vast_mode.make_plan(resources, selected, args.job, args.parallel_pairs, args.max_workers)
+        plan = vast_mode.make_plan(resources, selected, args.job, args.parallel_pairs, args.max_workers,
+                                   **plan_options)
         return _run_plan(args, config, resources, scan, folder, plan)
 
     from fxresearch.cluster import ClusterError, open_dask_executor
@@ -278,16 +324,37 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
         except ClusterError as exc:
             raise UsageError(str(exc), hint=False) from None
         plan = vast_mode.make_cluster_plan(selected, args.job, cluster.n_workers, cluster.threads_per_worker,
-                                           args.max_workers)
+                                           args.max_workers, **plan_options)
         return _run_plan(args, config, resources, scan, folder, plan, executor, cluster.description)
+
+
+def _select_failed(args: argparse.Namespace, selected: list) -> list:
+    """Keep the selected pairs that the last run's ledger marks failed (``--retry-failed``)."""
+    ledger, failed = resume.pairs_to_retry(args.output_dir)
+    if ledger is None:
+        raise UsageError(f"--retry-failed: no run ledger in {args.output_dir / 'runs'}; run without it first",
+                         hint=False)
+    retry = [pair_file for pair_file in selected if pair_file.pair_year in failed]
+    print(f"Retry failed:       {len(retry)} pairs marked failed in {ledger}"
+          + (f": {', '.join(f.pair_year for f in retry)}" if retry else ""))
+    if not retry:
+        print("Nothing to retry: the last run has no failed pair among the selected ones.")
+    return retry
 
 
 def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Resources, scan: ScanResult,
               folder: Path, plan: vast_mode.RunPlan, executor: Executor | None = None,
               cluster: str | None = None) -> int:
     """Print the banner, then run the plan (or print it, on a dry run) and the summary."""
+    admission, adaptive = None, None
+    if args.adaptive:
+        admission = vast_mode.load_admission(args.max_load, args.max_memory_percent)
+        adaptive = (f"new pairs wait while the load is above {args.max_load:g} per core or memory use above "
+                    f"{args.max_memory_percent:g} %")
     vast_mode.print_resources_banner(resources, scan, plan, args.job, input_dir=folder, output_dir=args.output_dir,
-                                     cluster=cluster)
+                                     cluster=cluster, cost_per_hour=args.cost_per_hour, adaptive=adaptive,
+                                     force_rerun=args.force_rerun,
+                                     selection="--retry-failed" if args.retry_failed else "--pairs")
     if args.dry_run:
         vast_mode.print_plan(plan, args.output_dir)
         print("Dry run: nothing was run.")
@@ -298,9 +365,12 @@ def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Res
     synthetic = {pair_year: info.synthetic for pair_year, info in plan.infos.items()}
     summary = vast_mode.run_vast_mode(
         list(plan.files), args.job, args.output_dir, config, plan.parallel_pairs, plan.workers_per_pair,
-        args.force_rerun, executor, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic,
+        args.force_rerun, executor, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic, plan=plan,
+        admission=admission, cost_per_hour=args.cost_per_hour,
     )
     vast_mode.print_summary(summary, run_logs)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     if args.job == "search-light":
         _write_report(args.output_dir)
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED

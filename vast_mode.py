@@ -56,14 +56,14 @@ from fxresearch.pair_executor import PairProcessDied, PairProcessExecutor
 from fxresearch.resources import (
     GB, MEMORY_HEADROOM, PAIR_MEMORY_ENV, PAIR_SECONDS_ESTIMATE, PROCESS_STARTUP_SECONDS_ESTIMATE, JobEstimate,
     Measurements, Resources, TickFileInfo, WorkerPlan, detect_resources, estimate_run_seconds,
-    max_pairs_for_memory, plan_workers, read_tick_file_info,
+    max_pairs_for_memory, plan_workers, read_tick_file_info, system_load,
 )
 
 __all__ = [
     "JOBS", "PairResult", "PairSelectionError", "Resources", "RunLogs", "RunPlan", "VastSummary",
     "configure_run_logging", "detect_resources", "make_plan", "new_run_logs", "print_plan",
     "make_cluster_plan", "print_resources_banner", "print_summary", "run_generate_base_single", "run_pair",
-    "run_search_light_single", "run_single_pair", "run_vast_mode", "select_pairs",
+    "run_search_light_single", "run_single_pair", "run_vast_mode", "select_pairs", "load_admission",
 ]
 
 logger = logging.getLogger(__name__)
@@ -832,6 +832,24 @@ def _stop_after_interrupt(executor: Executor, own_executor: bool, fanout: _Fanou
                                        status=run_ledger.INTERRUPTED))
     if not own_executor:
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def load_admission(max_load: float, max_memory_percent: float,
+                   measure: Callable[[], tuple[float, float]] = system_load) -> Callable[[], str | None]:
+    """Return an ``admission`` check for ``--adaptive``: the reason to hold new pairs, or None.
+
+    ``max_load`` is the 1-minute load average per usable core and ``max_memory_percent`` the
+    share of the machine's memory in use; ``measure`` returns both (tests pass a fake).
+    """
+    def check() -> str | None:
+        load, memory_percent = measure()
+        if load > max_load:
+            return f"load {load:.2f} per core is above --max-load {max_load:g}"
+        if memory_percent > max_memory_percent:
+            return f"memory use {memory_percent:.0f} % is above --max-memory-percent {max_memory_percent:g}"
+        return None
+
+    return check
 
 
 def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: str | Path, config: Config,

@@ -347,5 +347,7 @@ class PairProcessExecutor(Executor):
             self._running.pop(entry.process.sentinel, None)
         if not entry.answered:
             reason = f"pair process {entry.process.pid} {describe_exit_code(entry.process.exitcode)}"
-            logger.error("%s while running %s", reason, getattr(entry.item.fn, "__name__", entry.item.fn))
+            # The caller reports the failure on screen; this record is for the run log file only.
+            logger.error("%s while running %s", reason, getattr(entry.item.fn, "__name__", entry.item.fn),
+                         extra={"file_only": True})
             entry.item.future.set_exception(PairProcessDied(reason, entry.process.exitcode, entry.process.pid))
