@@ -27,6 +27,8 @@ from typing import NoReturn, Sequence
 import vast_mode
 from fxresearch import __version__, resume
 from fxresearch.config import Config, ConfigError, load_config
+from fxresearch.importing import FORMATS as IMPORT_FORMATS
+from fxresearch.importing import ImportDataError, ImportOptions, convert_files, format_report
 from fxresearch.naming import InvalidFileNameError, ScanResult, parse_pair_filename, scan_input_dir
 from fxresearch.resources import Measurements
 
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--input-dir", type=Path, metavar="DIR",
                         help=f"folder of PAIR_YEAR.parquet files for --vast-mode (default {DEFAULT_INPUT_DIR}/; "
                              "when that is empty, the built-in synthetic sample is written there)")
+    inputs.add_argument("--csv", type=Path, metavar="FILE",
+                        help="one vendor tick file to convert with --convert-only (the same as --convert FILE)")
 
     modes = parser.add_argument_group("job (exactly one)").add_mutually_exclusive_group()
     modes.add_argument("--generate-base", dest="job", action="store_const", const="generate-base",
@@ -116,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--report", dest="job", action="store_const", const="report",
                        help="rebuild the leaderboard and report.html of --output-dir from existing search "
                             "outputs, without recomputing")
+    modes.add_argument("--convert", nargs="+", type=Path, metavar="INPUT",
+                       help="convert vendor tick files, folders or zip archives into PAIR_YEAR.parquet files in "
+                            f"--output-dir (default {DEFAULT_INPUT_DIR}/), one per pair and UTC year")
+    modes.add_argument("--convert-only", dest="job", action="store_const", const="convert",
+                       help="convert the --csv file, as --convert FILE does")
+
+    conversion = parser.add_argument_group("conversion (--convert)")
+    conversion.add_argument("--format", choices=sorted(IMPORT_FORMATS), dest="import_format",
+                            help="input format, instead of detecting it from the content")
+    conversion.add_argument("--server-tz", metavar="ZONE",
+                            help="MetaTrader server time zone, an IANA name (Europe/Athens) or an offset (UTC+2); "
+                                 "default: inferred from the weekly open")
+    conversion.add_argument("--source-tz", metavar="ZONE",
+                            help="zone of times without one in a generic CSV, or of a LEAN or re-encoded parquet "
+                                 "file of an unknown vendor: an IANA name or an offset such as UTC-5")
 
     vast = parser.add_argument_group("VAST mode")
     vast.add_argument("--parallel-pairs", type=_positive_int, metavar="N",
@@ -151,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     options = parser.add_argument_group("run options")
     options.add_argument("--force-rerun", action="store_true", help="rebuild every artifact, even when current")
-    options.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, metavar="DIR",
-                         help=f"results folder; each pair writes under DIR/PAIR_YEAR/ (default {DEFAULT_OUTPUT_DIR}/)")
+    options.add_argument("--output-dir", type=Path, metavar="DIR",
+                         help=f"results folder; each pair writes under DIR/PAIR_YEAR/ (default {DEFAULT_OUTPUT_DIR}/; "
+                              f"for --convert, the folder of the converted files, default {DEFAULT_INPUT_DIR}/)")
     options.add_argument("--config", type=Path, metavar="FILE", help="TOML file overriding configuration defaults")
     options.add_argument("--log-level", default="WARNING", type=str.upper,
                          choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -402,6 +422,30 @@ def run_report(args: argparse.Namespace) -> int:
     return EXIT_OK if _write_report(args.output_dir) else EXIT_FAILED
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert vendor tick files into PAIR_YEAR.parquet files and print each output's report."""
+    if args.job == "convert" and args.csv is None:
+        raise UsageError("--convert-only needs --csv FILE, the vendor tick file to convert")
+    if args.csv is not None and args.job != "convert":
+        raise UsageError("--csv FILE only applies with --convert-only; or use --convert FILE")
+    if args.parquet is not None or args.vast_mode or args.input_dir is not None:
+        raise UsageError("--convert reads vendor files and takes no --parquet, --vast-mode or --input-dir")
+    inputs = args.convert if args.convert is not None else [args.csv]
+    config = _load_config(args.config)
+    check_output_dir(args.output_dir)
+    options = ImportOptions(file_format=args.import_format, server_tz=args.server_tz, source_tz=args.source_tz,
+                            config=config)
+    try:
+        reports = convert_files(inputs, args.output_dir, options)
+    except ImportDataError as exc:
+        raise UsageError(str(exc), hint=False) from None
+    for report in reports:
+        print(format_report(report))
+    print(f"Converted {len(inputs)} input{'s' if len(inputs) != 1 else ''} into {len(reports)} "
+          f"file{'s' if len(reports) != 1 else ''} in {args.output_dir}/")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, run, and return the exit code."""
     # A console that cannot show a character gets "?" rather than a crash mid-run.
@@ -412,7 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Console logging from the start; the run log file is added when a run begins.
     vast_mode.configure_run_logging(None, getattr(logging, args.log_level))
+    converting = args.convert is not None or args.job == "convert"
+    if args.output_dir is None:
+        args.output_dir = DEFAULT_INPUT_DIR if converting else DEFAULT_OUTPUT_DIR
     try:
+        if converting:
+            return run_convert(args)
+        if args.csv is not None or args.import_format or args.server_tz or args.source_tz:
+            raise UsageError("--csv, --format, --server-tz and --source-tz only apply with --convert or --convert-only")
         validate_args(args)
         config = _load_config(args.config)
         if args.job == "report":

@@ -9,7 +9,7 @@ report.
 from fxresearch.importing.common import ImportDataError, ImportOptions, normalise_symbol, parse_zone
 from fxresearch.importing.convert import FORMATS, check_feed_overlap, convert_files
 from fxresearch.importing.detect import detect_format
-from fxresearch.importing.writer import REPORT_SUFFIX
+from fxresearch.importing.writer import REPORT_SUFFIX, format_report
 
 __all__ = ["FORMATS", "REPORT_SUFFIX", "ImportDataError", "ImportOptions", "check_feed_overlap", "convert_files",
-           "detect_format", "normalise_symbol", "parse_zone"]
+           "detect_format", "format_report", "normalise_symbol", "parse_zone"]

@@ -409,3 +409,23 @@ def _build_report(output: PendingOutput, path: Path, rows_in: int, duplicates: i
         "warnings": warnings,
         "inputs": [s.to_report() for s in output.inputs],
     }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Return an output's report as the lines the command line prints."""
+    invalid = report["invalid_dropped"]
+    invalid_text = ", ".join(f"{count} {reason}" for reason, count in invalid.items()) if invalid else "none"
+    lines = [
+        f"{report['pair_year']}: {report['output']}",
+        f"  source         {report['source_format']} ({report['vendor']}"
+        f"{', variant ' + report['variant'] if report['variant'] else ''}), {len(report['inputs'])} input(s)",
+        f"  time zone      {'; '.join(report['tz_rule'])}",
+        f"  rows           {report['rows_read']} read, {report['rows_written']} written, "
+        f"{report['duplicates_dropped']} exact duplicates dropped, {report['rows_reordered']} reordered",
+        f"  invalid        {invalid_text}",
+        f"  span (UTC)     {report['first_timestamp']} to {report['last_timestamp']}",
+    ]
+    lines.extend(f"  note           {note}" for item in report["inputs"] for note in item["notes"])
+    lines.extend(f"  warning        {warning}" for warning in report["warnings"])
+    lines.append(f"  report         {Path(report['output']).with_name(report['pair_year'] + REPORT_SUFFIX)}")
+    return "\n".join(lines)
