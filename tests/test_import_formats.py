@@ -206,7 +206,8 @@ def _lean_zip(folder: Path, csv_text: str) -> Path:
 
 
 def test_lean_fxcm_day_is_utc_minus_five(tmp_path):
-    path = _lean_zip(tmp_path / "forex" / "fxcm" / "tick" / "eurusd", "3600000,1.39000,1.39020\r\n3600250,1.39001,1.39020")
+    path = _lean_zip(tmp_path / "forex" / "fxcm" / "tick" / "eurusd",
+                     "3600000,1.39000,1.39020\r\n3600250,1.39001,1.39020")
     report = convert_files([path], tmp_path / "out")[0]
     timestamps, bid, _ = _ticks(tmp_path / "out" / "EURUSD_2011.parquet")
     assert timestamps == [_ns("2011-03-07 06:00:00"), _ns("2011-03-07 06:00:00.250")]
@@ -275,7 +276,7 @@ def test_streamed_chunks_match_one_shot_sort(tmp_path):
     timestamps[100:110] = timestamps[99]
     bid[100:110], ask[100:110] = bid[99], ask[99]
     text = "\n".join(f"{pd.Timestamp(int(t), tz='UTC').isoformat()},{b:.5f},{a:.5f}"
-                     for t, b, a in zip(timestamps, bid, ask))
+                     for t, b, a in zip(timestamps, bid, ask, strict=True))
     path = tmp_path / "EURUSD.csv"
     path.write_text("timestamp,bid,ask\n" + text + "\n")
     report = convert_files([path], tmp_path / "out", ImportOptions(block_bytes=4_096))[0]

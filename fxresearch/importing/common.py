@@ -310,8 +310,9 @@ class ZoneRule:
             # NOTE: a chunk that cuts the repeated hour cannot be inferred, so its rows are taken as summer time.
             ambiguous = np.ones(len(naive), dtype=bool)
             local = naive.tz_localize(self.zone, ambiguous=ambiguous, nonexistent="NaT")
-        utc_ns = local.as_unit("ns").asi8.astype(np.int64, copy=False)
-        return utc_ns, ~local.isna()
+        exists = ~np.asarray(local.isna(), dtype=bool)
+        utc_ns = np.asarray(local.as_unit("ns").asi8, dtype=np.int64)  # type: ignore[attr-defined]
+        return utc_ns, exists
 
 
 UTC_RULE = ZoneRule("UTC")
@@ -558,7 +559,8 @@ def column_as_string(batch: pa.RecordBatch, name: str) -> pa.Array:
     return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
 
 
-def clock_to_utc(clock: WallClock, rule: ZoneRule | None, source: Source, sample: pa.Array) -> tuple[np.ndarray, Counter[str]]:
+def clock_to_utc(clock: WallClock, rule: ZoneRule | None, source: Source,
+                 sample: pa.Array) -> tuple[np.ndarray, Counter[str]]:
     """Convert parsed times to UTC ns: rows with their own zone use it, the others ``rule``.
 
     Returns the UTC times and the rows dropped by reason (their times are set to 0).

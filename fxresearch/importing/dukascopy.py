@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 
 from fxresearch.importing.common import (
-    NS_PER_HOUR,
     ImportDataError,
     ImportOptions,
     ReadResult,

@@ -93,7 +93,7 @@ def read(source: Source, options: ImportOptions) -> ReadResult:
     names, has_header, roles = _layout(head, source)
     content_symbol = None
     if roles["symbol"] is not None and len(head.lines) > 1:
-        content_symbol = head.fields(1)[roles["symbol"]]  # type: ignore[index]
+        content_symbol = head.fields(1)[roles["symbol"]]
     rule = parse_zone(options.source_tz, "--source-tz") if options.source_tz else None
     resolved = resolve_symbol(source, content_symbol)
     description = rule.description if rule else "the zone written in each timestamp"

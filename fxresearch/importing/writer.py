@@ -32,7 +32,6 @@ from fxresearch.artifacts import write_json_atomic
 from fxresearch.importing.common import (
     MAX_TIMESTAMP_NS,
     MIN_TIMESTAMP_NS,
-    ImportDataError,
     ReadResult,
     SourceInfo,
     TickChunk,
@@ -247,7 +246,7 @@ def _merged_blocks(runs: list[_Run], block_rows: int) -> Iterator[tuple[np.ndarr
             exhausted[i] = True
             return
         columns = [batch.column(j).to_numpy(zero_copy_only=False) for j in range(3)]
-        buffers[i] = tuple(np.concatenate([old, new]) for old, new in zip(buffers[i], columns))  # type: ignore[assignment]
+        buffers[i] = tuple(np.concatenate([old, new]) for old, new in zip(buffers[i], columns, strict=True))
 
     for i in range(len(runs)):
         refill(i)
@@ -263,7 +262,7 @@ def _merged_blocks(runs: list[_Run], block_rows: int) -> Iterator[tuple[np.ndarr
         if not parts and bound is None:
             return
         if parts:
-            timestamp_ns, bid, ask = (np.concatenate(column) for column in zip(*parts))
+            timestamp_ns, bid, ask = (np.concatenate(column) for column in zip(*parts, strict=True))
             if len(parts) > 1:
                 order = np.argsort(timestamp_ns, kind="stable")
                 timestamp_ns, bid, ask = timestamp_ns[order], bid[order], ask[order]
@@ -334,7 +333,7 @@ def write_output(output: PendingOutput, output_dir: Path, metadata: dict[str, st
         nonlocal pending, pending_rows
         if not pending:
             return
-        timestamp_ns, bid, ask = (np.concatenate(column) for column in zip(*pending))
+        timestamp_ns, bid, ask = (np.concatenate(column) for column in zip(*pending, strict=True))
         table = pa.table({"timestamp": pa.array(timestamp_ns, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
                           "bid": bid, "ask": ask}, schema=schema)
         writer.write_table(table)
