@@ -1,5 +1,5 @@
-"""Outcome labels: for every bar, every (take-profit, stop-loss, horizon) and both sides, what the
-trade from the bar's close would have done, tick by tick.
+"""Triple-barrier labels: for every bar, every grid entry and both sides, what a trade entered at
+the bar's close would have done, tick by tick.
 
 Market assumptions (the fill rules themselves are in ``fxresearch.fills``):
 
@@ -9,66 +9,94 @@ Market assumptions (the fill rules themselves are in ``fxresearch.fills``):
   comes more than ``labels.max_entry_delay_minutes`` after the close, the search's rule for
   late signals. With the default of 30 minutes a Friday bar does not enter at the Sunday
   open, nor a bar before a long data hole. A limit of 0 turns the rule off.
-- ``outcome`` is ``stop_loss``, ``take_profit`` or ``horizon``. It is ``censored`` when the
-  trade met a data hole (``data_gap``), ran into the end of the data (``end_of_data``) or
-  had no entry (``no_entry``): the true outcome is unknown, so ``pips`` is NaN. A
-  ``data_gap`` or ``end_of_data`` row keeps the time and price of the last quote it saw. A
-  ``no_entry`` row has ``NAT_NS`` as ``entry_time`` and ``exit_time`` and NaN prices, even
-  when a late tick exists. Its outcome is never known, so a filter by cut-off must drop
-  ``NAT_NS`` rather than compare it (int64 min is before every time).
+- Barriers: with ``labels.barrier_mode = "pips"`` each grid entry gives fixed take-profit and
+  stop-loss distances. With ``"atr"`` the distances are multiples (``labels.atr_grid``) of
+  the signal bar's Wilder ATR in pips, from the mid prices of bars up to and including the
+  signal bar, so the barrier is known at the entry. Distances are rounded to whole points
+  (at least one) and ``take_profit_pips``/``stop_loss_pips`` store the rounded values. A bar
+  without an ATR yet (warm-up) gets no entry.
+- Horizons: with ``labels.horizon_clock = "market"`` (default) a horizon counts open-market
+  minutes: the weekend close, Friday 17:00 to Sunday 17:00 New York time, does not count. A
+  60-minute label entered Friday 16:50 New York time ends 50 minutes after Sunday's 17:00
+  open. With ``"wall"`` it counts clock minutes, as the search's backtests do. The trade
+  exits at the first tick at or after the horizon end.
+- ``outcome`` is ``stop_loss``, ``take_profit`` or ``horizon``. It is ``censored`` (and the
+  ``censored`` column True) when the trade met a data hole (``data_gap``), ran into the end
+  of the data (``end_of_data``) or had no entry (``no_entry``): the true outcome is unknown,
+  so ``pips`` is NaN. A ``data_gap`` or ``end_of_data`` row keeps the time and price of the
+  last quote it saw. A ``no_entry`` row has ``NAT_NS`` as ``entry_time`` and ``exit_time``
+  and NaN prices. A filter by cut-off must drop ``NAT_NS`` rather than compare it (int64
+  min is before every time).
+- ``horizon_return_pips`` is the signed move from the entry fill to the trigger-side price
+  (bid for a long, ask for a short) of the first tick at or after the horizon end, whatever
+  barrier was hit first. It is NaN when no such tick exists or a data hole lies before it.
+- ``uniqueness`` is López de Prado's average uniqueness: over the label's span
+  ``[entry_time, exit_time]``, the time average of 1 / (number of labels of the same
+  timeframe, grid entry and side whose spans contain that instant). Counts and averages of
+  labels should weight each label by it. NaN for rows without an entry.
 - A label is known at its ``exit_time``, so a fit that may only use the past keeps the rows
-  whose ``exit_time`` is before its cut-off. A ``data_gap`` outcome becomes known only when
-  the tick after the hole arrives.
+  whose ``exit_time`` is before its cut-off.
 
-Time columns are int64 nanoseconds UTC, as everywhere in memory; ``NAT_NS`` (int64 min,
-which pandas reads as NaT) marks a missing time.
+Codes: ``side`` is int8 (+1 long, -1 short); ``outcome`` is a categorical whose int8 codes
+are ``OUTCOMES`` positions: 0 ``stop_loss``, 1 ``take_profit``, 2 ``horizon``, 3 ``censored``.
+Time columns are int64 nanoseconds UTC; ``NAT_NS`` (int64 min, read by pandas as NaT) marks a
+missing time.
+
+Memory: the grid is labelled in chunks of at most ``labels.max_rows_per_chunk`` rows;
+``write_labels`` appends each chunk to one parquet file, so the whole grid of a timeframe is
+never held at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from fxresearch._fill_kernels import DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, STOP_LOSS, TAKE_PROFIT, label_many_nb
+from fxresearch._fill_kernels import DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, STOP_LOSS, TAKE_PROFIT
+from fxresearch._label_kernels import add_open_minutes_nb, label_entries_nb, wilder_atr_nb
 from fxresearch.config import Config, LabelsConfig
-from fxresearch.fills import (
-    TickArrays,
-    horizon_to_ns,
-    pips_to_points,
-    points_to_pips,
-    points_to_price,
-    prepare_tick_arrays,
-)
+from fxresearch.fills import TickArrays, horizon_to_ns, points_to_pips, points_to_price, prepare_tick_arrays
 from fxresearch.instruments import Instrument
-from fxresearch.timeutil import NS_PER_MINUTE, datetime_to_ns
+from fxresearch.timeutil import NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, datetime_to_ns, ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS: tuple[str, ...] = (
-    "timestamp", "grid_id", "take_profit_pips", "stop_loss_pips", "horizon_minutes", "side",
-    "entry_time", "entry_price", "outcome", "exit_time", "exit_price", "pips",
+    "timestamp", "side", "grid_id", "take_profit_pips", "stop_loss_pips", "horizon_minutes",
+    "entry_time", "entry_price", "outcome", "censored", "exit_time", "exit_price", "pips",
+    "horizon_return_pips", "uniqueness", "atr_pips",
 )
 LABEL_DTYPES: dict[str, str] = {
-    "timestamp": "int64", "grid_id": "int64", "take_profit_pips": "float64",
-    "stop_loss_pips": "float64", "horizon_minutes": "float64", "side": "int64",
-    "entry_time": "int64", "entry_price": "float64", "outcome": "str", "exit_time": "int64",
-    "exit_price": "float64", "pips": "float64",
+    "timestamp": "int64", "side": "int8", "grid_id": "int32", "take_profit_pips": "float32",
+    "stop_loss_pips": "float32", "horizon_minutes": "float32", "entry_time": "int64",
+    "entry_price": "float64", "outcome": "category", "censored": "bool", "exit_time": "int64",
+    "exit_price": "float64", "pips": "float32", "horizon_return_pips": "float32",
+    "uniqueness": "float32", "atr_pips": "float32",
 }
+# Category order fixes the int8 codes: 0 stop_loss, 1 take_profit, 2 horizon, 3 censored.
 OUTCOMES: tuple[str, ...] = ("stop_loss", "take_profit", "horizon", "censored")
+OUTCOME_DTYPE = pd.CategoricalDtype(list(OUTCOMES), ordered=False)
+CENSORED_CODE = 3
 NAT_NS = np.iinfo(np.int64).min
+SIDES: tuple[int, ...] = (1, -1)
 
-# Outcome name for each fill reason code; every reason without a known result is censored.
-_OUTCOME_BY_REASON = np.array(
-    ["censored"] * (NO_ENTRY + 1), dtype=object
-)
-_OUTCOME_BY_REASON[STOP_LOSS] = "stop_loss"
-_OUTCOME_BY_REASON[TAKE_PROFIT] = "take_profit"
-_OUTCOME_BY_REASON[HORIZON] = "horizon"
+# Outcome code for each fill reason code; every reason without a known result is censored.
+_OUTCOME_BY_REASON = np.full(NO_ENTRY + 1, CENSORED_CODE, dtype=np.int8)
+_OUTCOME_BY_REASON[STOP_LOSS] = 0
+_OUTCOME_BY_REASON[TAKE_PROFIT] = 1
+_OUTCOME_BY_REASON[HORIZON] = 2
 _CENSORED_REASONS = (DATA_GAP, END_OF_DATA, NO_ENTRY)
-_SIDES = (1, -1)
+_ATR_BAR_COLUMNS = ("bid_high", "bid_low", "bid_close", "ask_high", "ask_low", "ask_close")
 
 
 def insufficient_reason(n_bars: int, config: LabelsConfig) -> str | None:
@@ -80,7 +108,130 @@ def insufficient_reason(n_bars: int, config: LabelsConfig) -> str | None:
 
 def empty_labels() -> pd.DataFrame:
     """Return a labels table with no rows and the columns and dtypes of ``LABEL_COLUMNS``."""
-    return pd.DataFrame({name: pd.Series([], dtype=LABEL_DTYPES[name]) for name in LABEL_COLUMNS})
+    columns = {}
+    for name in LABEL_COLUMNS:
+        dtype = OUTCOME_DTYPE if name == "outcome" else LABEL_DTYPES[name]
+        columns[name] = pd.Series([], dtype=dtype)
+    return pd.DataFrame(columns)
+
+
+def label_grid(config: LabelsConfig) -> np.ndarray:
+    """Return the active grid as a float64 (n, 3) array: take-profit, stop-loss, horizon minutes.
+
+    In ``"pips"`` mode the barriers are pips (``labels.grid``); in ``"atr"`` mode they are ATR
+    multiples (``labels.atr_grid``).
+
+    Raises
+    ------
+    ValueError
+        When the grid is empty or an entry is not positive.
+    """
+    name = "labels.grid" if config.barrier_mode == "pips" else "labels.atr_grid"
+    raw = config.grid if config.barrier_mode == "pips" else config.atr_grid
+    grid = np.asarray(raw, dtype=np.float64).reshape(-1, 3)
+    if len(grid) == 0:
+        raise ValueError(f"{name} is empty; add (take_profit, stop_loss, horizon_minutes) entries")
+    bad = np.flatnonzero(~(grid > 0).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"{name} entry {bad[0]} is {tuple(grid[bad[0]])}: take-profit, stop-loss and "
+            f"horizon_minutes must all be positive"
+        )
+    return grid
+
+
+def weekend_closes_ns(start_ns: int, end_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the weekend closes overlapping ``[start_ns, end_ns]`` as (start, end) int64 ns UTC.
+
+    Each close runs from Friday 17:00 to Sunday 17:00 New York time (the same close as
+    ``timeutil.in_weekend_close``), so daylight saving moves it in UTC.
+    """
+    first = ns_to_datetime(np.array([start_ns]))[0].tz_convert(NEW_YORK).tz_localize(None).normalize()
+    last = ns_to_datetime(np.array([end_ns]))[0].tz_convert(NEW_YORK).tz_localize(None).normalize()
+    fridays = pd.date_range(first - pd.Timedelta(days=7), last + pd.Timedelta(days=7), freq="W-FRI")
+    starts = (fridays + pd.Timedelta(hours=17)).tz_localize(NEW_YORK)
+    ends = (fridays + pd.Timedelta(days=2, hours=17)).tz_localize(NEW_YORK)
+    return datetime_to_ns(starts), datetime_to_ns(ends)
+
+
+def horizon_end_ns(entry_ns: np.ndarray, horizon_minutes: float, clock: str) -> np.ndarray:
+    """Return when each horizon ends: wall-clock minutes, or open-market minutes (``"market"``).
+
+    With ``"market"`` the weekend close (Friday 17:00 to Sunday 17:00 New York) does not
+    count, so a horizon started Friday 16:50 New York time with 60 minutes ends Sunday 17:50.
+    """
+    entry_ns = np.ascontiguousarray(entry_ns, dtype=np.int64)
+    horizon_ns = horizon_to_ns(horizon_minutes)
+    if clock == "wall" or len(entry_ns) == 0:
+        return entry_ns + horizon_ns
+    if clock != "market":
+        raise ValueError(f"horizon clock {clock!r} is invalid; use \"market\" or \"wall\"")
+    # Enough weekends to cover the longest horizon: each week has 5 open days.
+    span_ns = int(horizon_ns * 7 / 5) + 7 * NS_PER_DAY
+    close_start, close_end = weekend_closes_ns(int(entry_ns.min()), int(entry_ns.max()) + span_ns)
+    return add_open_minutes_nb(entry_ns, np.int64(horizon_ns), close_start, close_end)
+
+
+def causal_atr_pips(bars: pd.DataFrame, window: int, instrument: Instrument) -> np.ndarray:
+    """Return Wilder's ATR of each bar in pips, from mid prices of that bar and earlier ones.
+
+    The same definition as the features stage's ``atr_<window>``: NaN for the first
+    ``window - 1`` bars.
+
+    Raises
+    ------
+    ValueError
+        When a bid/ask high, low or close column is missing.
+    """
+    missing = [name for name in _ATR_BAR_COLUMNS if name not in bars.columns]
+    if missing:
+        raise ValueError(
+            f"labels.barrier_mode = \"atr\" needs bar columns {missing}; pass bars from "
+            f"fxresearch.bars.build_bars"
+        )
+    mid = {name: (bars[f"bid_{name}"].to_numpy(np.float64) + bars[f"ask_{name}"].to_numpy(np.float64)) / 2.0
+           for name in ("high", "low", "close")}
+    return wilder_atr_nb(mid["high"], mid["low"], mid["close"], int(window)) / instrument.pip_size
+
+
+def uniqueness_weights(entry_ns: np.ndarray, exit_ns: np.ndarray) -> np.ndarray:
+    """Return each label's average uniqueness over its span ``[entry, exit]``.
+
+    Concurrency at instant t is the number of spans that contain t. A label's uniqueness is
+    the time average of 1 / concurrency over its own span, in (0, 1]; a span of zero length
+    takes 1 / concurrency at its single instant. Pass the labels of one timeframe, grid
+    entry and side only. Inputs are int64 ns; no NaT is allowed.
+    """
+    entry_ns = np.asarray(entry_ns, dtype=np.int64)
+    exit_ns = np.asarray(exit_ns, dtype=np.int64)
+    if len(entry_ns) == 0:
+        return np.empty(0, dtype=np.float64)
+    if (exit_ns < entry_ns).any():
+        raise ValueError("uniqueness_weights: an exit time is before its entry time")
+    starts = np.sort(entry_ns)
+    ends = np.sort(exit_ns)
+    bounds = np.unique(np.concatenate([entry_ns, exit_ns]))
+
+    # On [bounds[k], bounds[k+1]) the spans alive are those started at or before bounds[k] and
+    # not ended at or before it; that count is at least 1 inside any span.
+    alive = (np.searchsorted(starts, bounds[:-1], side="right")
+             - np.searchsorted(ends, bounds[:-1], side="right"))
+    lengths = np.diff(bounds).astype(np.float64)
+    inverse = np.where(alive > 0, 1.0 / np.maximum(alive, 1), 0.0)
+    integral = np.concatenate([[0.0], np.cumsum(inverse * lengths)])
+    first = np.searchsorted(bounds, entry_ns)
+    last = np.searchsorted(bounds, exit_ns)
+    span = (exit_ns - entry_ns).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weights = (integral[last] - integral[first]) / span
+
+    # A zero-length span counts the spans containing its instant, itself included.
+    point = span == 0
+    if point.any():
+        at = entry_ns[point]
+        count = np.searchsorted(starts, at, side="right") - np.searchsorted(ends, at, side="left")
+        weights[point] = 1.0 / count
+    return weights
 
 
 def build_labels(
@@ -93,7 +244,9 @@ def build_labels(
     instrument: Instrument,
     arrays: TickArrays | None = None,
 ) -> pd.DataFrame:
-    """Label every bar for every ``config.labels.grid`` entry, long and short.
+    """Label every bar for every grid entry, long and short, and return one table.
+
+    Holds the whole grid in memory; ``write_labels`` streams it to parquet instead.
 
     Parameters
     ----------
@@ -101,12 +254,11 @@ def build_labels(
         Validated ticks sorted by time (UTC ns; prices in quote currency).
     bars : DataFrame
         Bars of ``timeframe_min`` with a ``timestamp`` column (bar open, int64 UTC ns or
-        datetimes).
+        datetimes); with ``barrier_mode = "atr"`` also the bid/ask high, low and close.
     timeframe_min : int
         The bars' timeframe in minutes; a bar's trade enters at ``open + timeframe``.
     config : Config
-        Reads ``labels.grid``, ``labels.min_bars``, ``labels.max_entry_delay_minutes`` and
-        ``fills.max_gap_minutes``.
+        Reads ``labels`` and ``fills.max_gap_minutes``.
     instrument : Instrument
         Pip and point size.
     arrays : TickArrays, optional
@@ -115,8 +267,8 @@ def build_labels(
     Returns
     -------
     DataFrame
-        Columns ``LABEL_COLUMNS``; rows ordered by bar, then grid entry, then long before
-        short. Empty when there are fewer than ``labels.min_bars`` bars.
+        Columns ``LABEL_COLUMNS`` with ``LABEL_DTYPES``; rows ordered by grid entry, then bar,
+        then long before short. Empty when there are fewer than ``labels.min_bars`` bars.
 
     Raises
     ------
@@ -124,58 +276,278 @@ def build_labels(
         When ``bars`` has no ``timestamp`` column, the timeframe or a grid entry is not
         positive, or the ticks are invalid.
     """
+    chunks = list(iter_label_chunks(ticks_timestamp_ns, bid, ask, bars, timeframe_min, config, instrument, arrays))
+    if not chunks:
+        return empty_labels()
+    return pd.concat(chunks, ignore_index=True)
+
+
+def write_labels(
+    path: str | Path,
+    ticks_timestamp_ns: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    bars: pd.DataFrame,
+    timeframe_min: int,
+    config: Config,
+    instrument: Instrument,
+    metadata: dict[str, str] | None = None,
+    arrays: TickArrays | None = None,
+) -> dict[str, Any]:
+    """Label one timeframe and write it to ``path`` chunk by chunk, then return a summary.
+
+    Takes the arguments of ``build_labels``. Chunks are appended to one zstd parquet file
+    written under a temporary name and renamed into place, so a killed run leaves no partial
+    file. Time columns are ``timestamp[ns, tz=UTC]``, as ``artifacts.write_frame`` writes
+    them; ``metadata`` goes into the schema with the barrier mode and horizon clock.
+
+    Returns
+    -------
+    dict
+        ``rows`` and ``outcome_counts`` (outcome name to row count).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels_config = config.labels
+    file_metadata = dict(metadata or {})
+    file_metadata.update({"barrier_mode": labels_config.barrier_mode, "horizon_clock": labels_config.horizon_clock})
+    counts = np.zeros(len(OUTCOMES), dtype=np.int64)
+    rows = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    writer: pq.ParquetWriter | None = None
+    try:
+        chunks = iter_label_chunks(ticks_timestamp_ns, bid, ask, bars, timeframe_min, config, instrument, arrays)
+        for chunk in chunks:
+            table = _to_arrow(chunk, file_metadata)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+            counts += np.bincount(chunk["outcome"].cat.codes.to_numpy(), minlength=len(OUTCOMES))
+            rows += len(chunk)
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, _to_arrow(empty_labels(), file_metadata).schema, compression="zstd")
+        writer.close()
+        writer = None
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"rows": rows, "outcome_counts": {name: int(n) for name, n in zip(OUTCOMES, counts, strict=True) if n}}
+
+
+def _to_arrow(frame: pd.DataFrame, metadata: dict[str, str]) -> pa.Table:
+    """Convert a labels chunk to Arrow with UTC timestamp time columns and the schema metadata."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name in ("timestamp", "entry_time", "exit_time"):
+        index = table.column_names.index(name)
+        column = table.column(name).cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+        table = table.set_column(index, name, column)
+    merged = dict(table.schema.metadata or {})
+    merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+    return table.replace_schema_metadata(merged)
+
+
+def iter_label_chunks(
+    ticks_timestamp_ns: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    bars: pd.DataFrame,
+    timeframe_min: int,
+    config: Config,
+    instrument: Instrument,
+    arrays: TickArrays | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Yield the labels of ``build_labels`` one grid chunk at a time, logging progress.
+
+    Each chunk holds whole grid entries (every bar, both sides), at most
+    ``labels.max_rows_per_chunk`` rows unless one grid entry alone is larger. Yields nothing
+    when there are fewer than ``labels.min_bars`` bars.
+    """
     started = time.perf_counter()
-    grid = _check_inputs(bars, timeframe_min, config)
-    reason = insufficient_reason(len(bars), config.labels)
+    labels_config = config.labels
+    grid = _check_inputs(bars, timeframe_min, labels_config)
+    reason = insufficient_reason(len(bars), labels_config)
     if reason is not None:
         logger.info("Labels for %s at %d minutes left empty: %s", instrument.symbol, timeframe_min, reason)
-        return empty_labels()
+        return
 
     if arrays is None:
         arrays = prepare_tick_arrays(ticks_timestamp_ns, bid, ask, instrument, config.fills.max_gap_minutes)
     elif len(arrays.timestamp_ns) != len(ticks_timestamp_ns) or arrays.instrument != instrument:
         raise ValueError(
-            f"The tick arrays passed to build_labels hold {len(arrays.timestamp_ns)} ticks of "
+            f"The tick arrays passed to the labels stage hold {len(arrays.timestamp_ns)} ticks of "
             f"{arrays.instrument.symbol}, but the ticks given are {len(ticks_timestamp_ns)} of "
             f"{instrument.symbol}; prepare them from the same ticks"
         )
+    n_ticks = len(arrays.timestamp_ns)
 
     # A bar's trade enters at the first tick at or after its close.
     bar_open_ns = _bar_open_ns(bars)
     signal_ns = bar_open_ns + timeframe_min * NS_PER_MINUTE
     entry_idx = np.searchsorted(arrays.timestamp_ns, signal_ns, side="left").astype(np.int64)
-    n_late = _drop_late_entries(entry_idx, signal_ns, arrays.timestamp_ns, config.labels.max_entry_delay_minutes)
+    n_late = _drop_late_entries(entry_idx, signal_ns, arrays.timestamp_ns, labels_config.max_entry_delay_minutes)
     if n_late:
         logger.info(
             "Labels for %s at %d minutes: %d bars get no entry because their first tick comes more than "
             "labels.max_entry_delay_minutes = %g after the bar close",
-            instrument.symbol, timeframe_min, n_late, config.labels.max_entry_delay_minutes,
+            instrument.symbol, timeframe_min, n_late, labels_config.max_entry_delay_minutes,
         )
 
-    # Shape (bar, grid entry, side), flattened in that order.
+    atr_pips = np.full(len(bar_open_ns), np.nan)
+    if labels_config.barrier_mode == "atr":
+        atr_pips = causal_atr_pips(bars, labels_config.atr_window, instrument)
+        # No barrier can be set before the ATR exists.
+        entry_idx[~(atr_pips > 0)] = n_ticks
+
+    entered = entry_idx < n_ticks
+    entry_ns = np.where(entered, arrays.timestamp_ns[np.minimum(entry_idx, n_ticks - 1)], NAT_NS)
     n_bars, n_grid = len(bar_open_ns), len(grid)
-    exit_idx = np.empty((n_bars, n_grid, 2), dtype=np.int64)
-    exit_pts = np.empty((n_bars, n_grid, 2), dtype=np.int64)
-    reasons = np.empty((n_bars, n_grid, 2), dtype=np.int8)
-    for g, (take_profit_pips, stop_loss_pips, horizon_minutes) in enumerate(grid):
-        for s, side in enumerate(_SIDES):
-            exit_idx[:, g, s], exit_pts[:, g, s], reasons[:, g, s] = label_many_nb(
-                *arrays.tick_args(), *arrays.bar_args(), entry_idx, side,
-                pips_to_points(take_profit_pips, instrument), pips_to_points(stop_loss_pips, instrument),
-                horizon_to_ns(horizon_minutes),
+    per_chunk = max(1, labels_config.max_rows_per_chunk // (2 * n_bars))
+    for first in range(0, n_grid, per_chunk):
+        grid_ids = range(first, min(first + per_chunk, n_grid))
+        parts = [
+            _label_grid_entry(arrays, bar_open_ns, entry_idx, entry_ns, atr_pips, grid_id, grid[grid_id],
+                              labels_config, instrument)
+            for grid_id in grid_ids
+        ]
+        chunk = pd.concat(parts, ignore_index=True)
+        done = grid_ids.stop
+        logger.info(
+            "Labels for %s at %d minutes: grid entries %d-%d of %d (%.0f%%), %d rows, %.1f s",
+            instrument.symbol, timeframe_min, grid_ids.start, done - 1, n_grid, 100.0 * done / n_grid,
+            len(chunk), time.perf_counter() - started,
+        )
+        yield chunk
+
+
+def _label_grid_entry(
+    arrays: TickArrays,
+    bar_open_ns: np.ndarray,
+    entry_idx: np.ndarray,
+    entry_ns: np.ndarray,
+    atr_pips: np.ndarray,
+    grid_id: int,
+    grid_entry: np.ndarray,
+    config: LabelsConfig,
+    instrument: Instrument,
+) -> pd.DataFrame:
+    """Label every bar for one grid entry, both sides; rows by bar, long before short."""
+    take_profit, stop_loss, horizon_minutes = (float(v) for v in grid_entry)
+    n_bars = len(bar_open_ns)
+    n_ticks = len(arrays.timestamp_ns)
+    entered = entry_idx < n_ticks
+
+    # Distances in whole points: fixed pips, or ATR multiples of the signal bar.
+    if config.barrier_mode == "atr":
+        scale = np.where(entered, atr_pips, 0.0) * instrument.points_per_pip
+        take_profit_points = np.maximum(1, np.rint(take_profit * scale)).astype(np.int64)
+        stop_loss_points = np.maximum(1, np.rint(stop_loss * scale)).astype(np.int64)
+    else:
+        take_profit_points = np.full(n_bars, int(round(take_profit * instrument.points_per_pip)), dtype=np.int64)
+        stop_loss_points = np.full(n_bars, int(round(stop_loss * instrument.points_per_pip)), dtype=np.int64)
+        if take_profit_points[0] < 1 or stop_loss_points[0] < 1:
+            raise ValueError(
+                f"labels.grid entry {grid_id} is {tuple(grid_entry)}: take-profit and stop-loss must be "
+                f"at least one point ({instrument.point_size}) for {instrument.symbol}"
             )
+    horizon_end = np.where(entered, horizon_end_ns(np.where(entered, entry_ns, 0), horizon_minutes,
+                                                   config.horizon_clock), 0)
 
-    table = _assemble(arrays, bar_open_ns, entry_idx, grid, exit_idx, exit_pts, reasons, instrument)
-    logger.info(
-        "Labelled %d bars x %d grid entries x 2 sides for %s at %d minutes in %.2f s: %s",
-        n_bars, n_grid, instrument.symbol, timeframe_min, time.perf_counter() - started,
-        table["outcome"].value_counts().to_dict(),
-    )
-    return table
+    columns: dict[str, list[np.ndarray]] = {}
+    for side in SIDES:
+        exit_idx, exit_pts, reasons = label_entries_nb(
+            *arrays.tick_args(), *arrays.bar_args(), entry_idx, side,
+            take_profit_points, stop_loss_points, horizon_end,
+        )
+        side_columns = _side_columns(arrays, entry_idx, side, exit_idx, exit_pts, reasons, horizon_end, instrument)
+        for name, values in side_columns.items():
+            columns.setdefault(name, []).append(values)
+
+    # Interleave the two sides so that each bar's long row comes before its short row.
+    def interleave(name: str) -> np.ndarray:
+        return np.stack(columns[name], axis=1).ravel()
+
+    has_atr = config.barrier_mode == "atr"
+    take_profit_pips = np.where(entered, take_profit_points / instrument.points_per_pip, np.nan)
+    stop_loss_pips = np.where(entered, stop_loss_points / instrument.points_per_pip, np.nan)
+    if not has_atr:
+        take_profit_pips[:] = take_profit
+        stop_loss_pips[:] = stop_loss
+    outcome = interleave("outcome")
+    return pd.DataFrame({
+        "timestamp": np.repeat(bar_open_ns, 2),
+        "side": np.tile(np.array(SIDES, dtype=np.int8), n_bars),
+        "grid_id": np.full(2 * n_bars, grid_id, dtype=np.int32),
+        "take_profit_pips": np.repeat(take_profit_pips, 2).astype(np.float32),
+        "stop_loss_pips": np.repeat(stop_loss_pips, 2).astype(np.float32),
+        "horizon_minutes": np.full(2 * n_bars, horizon_minutes, dtype=np.float32),
+        "entry_time": np.repeat(entry_ns, 2),
+        "entry_price": interleave("entry_price"),
+        "outcome": pd.Categorical.from_codes(outcome, dtype=OUTCOME_DTYPE),
+        "censored": outcome == CENSORED_CODE,
+        "exit_time": interleave("exit_time"),
+        "exit_price": interleave("exit_price"),
+        "pips": interleave("pips").astype(np.float32),
+        "horizon_return_pips": interleave("horizon_return_pips").astype(np.float32),
+        "uniqueness": interleave("uniqueness").astype(np.float32),
+        "atr_pips": np.repeat(atr_pips if has_atr else np.full(n_bars, np.nan), 2).astype(np.float32),
+    }, columns=list(LABEL_COLUMNS))
 
 
-def _check_inputs(bars: pd.DataFrame, timeframe_min: int, config: Config) -> np.ndarray:
-    """Return the label grid as a float64 (n, 3) array after checking the inputs."""
+def _side_columns(
+    arrays: TickArrays,
+    entry_idx: np.ndarray,
+    side: int,
+    exit_idx: np.ndarray,
+    exit_pts: np.ndarray,
+    reasons: np.ndarray,
+    horizon_end: np.ndarray,
+    instrument: Instrument,
+) -> dict[str, np.ndarray]:
+    """Turn one side's kernel results into label columns, one value per bar."""
+    n_ticks = len(arrays.timestamp_ns)
+    entered = entry_idx < n_ticks
+    safe_entry = np.where(entered, entry_idx, 0)
+    entry_pts = arrays.ask_pts[safe_entry] if side > 0 else arrays.bid_pts[safe_entry]
+    entry_price = np.where(entered, points_to_price(entry_pts, instrument), np.nan)
+
+    exited = exit_idx >= 0
+    safe_exit = np.where(exited, exit_idx, 0)
+    exit_time = np.where(exited, arrays.timestamp_ns[safe_exit], NAT_NS)
+    exit_price = np.where(exited, points_to_price(exit_pts, instrument), np.nan)
+    censored = np.isin(reasons, _CENSORED_REASONS)
+    pips = np.where(censored, np.nan, points_to_pips((exit_pts - entry_pts) * side, instrument))
+
+    # The price at the horizon: the first tick at or after its end, unless a data hole or the
+    # end of the data comes first.
+    horizon_idx = np.searchsorted(arrays.timestamp_ns, horizon_end, side="left")
+    holes_before = np.concatenate([[0], np.cumsum(arrays.hole_after, dtype=np.int64)])
+    reachable = entered & (horizon_idx < n_ticks)
+    safe_horizon = np.where(reachable, horizon_idx, 0)
+    reachable &= holes_before[safe_horizon] == holes_before[safe_entry]
+    horizon_pts = arrays.bid_pts[safe_horizon] if side > 0 else arrays.ask_pts[safe_horizon]
+    horizon_return = np.where(reachable, points_to_pips((horizon_pts - entry_pts) * side, instrument), np.nan)
+
+    # Spans of one grid entry and side; rows without an entry have none.
+    uniqueness = np.full(len(entry_idx), np.nan)
+    if entered.any():
+        uniqueness[entered] = uniqueness_weights(arrays.timestamp_ns[entry_idx[entered]], exit_time[entered])
+    return {
+        "entry_price": entry_price,
+        "outcome": _OUTCOME_BY_REASON[reasons],
+        "exit_time": exit_time,
+        "exit_price": exit_price,
+        "pips": pips,
+        "horizon_return_pips": horizon_return,
+        "uniqueness": uniqueness,
+    }
+
+
+def _check_inputs(bars: pd.DataFrame, timeframe_min: int, config: LabelsConfig) -> np.ndarray:
+    """Return the active label grid after checking the inputs."""
     if "timestamp" not in bars.columns:
         raise ValueError(
             f"bars has no 'timestamp' column (columns: {list(bars.columns)}); pass a table from "
@@ -183,16 +555,7 @@ def _check_inputs(bars: pd.DataFrame, timeframe_min: int, config: Config) -> np.
         )
     if not (isinstance(timeframe_min, (int, np.integer)) and timeframe_min > 0):
         raise ValueError(f"timeframe_min must be a positive whole number of minutes, got {timeframe_min!r}")
-    grid = np.asarray(config.labels.grid, dtype=np.float64).reshape(-1, 3)
-    if len(grid) == 0:
-        raise ValueError("labels.grid is empty; add (take_profit_pips, stop_loss_pips, horizon_minutes) entries")
-    bad = np.flatnonzero(~(grid > 0).all(axis=1))
-    if len(bad):
-        raise ValueError(
-            f"labels.grid entry {bad[0]} is {tuple(grid[bad[0]])}: take_profit_pips, "
-            f"stop_loss_pips and horizon_minutes must all be positive"
-        )
-    return grid
+    return label_grid(config)
 
 
 def _drop_late_entries(entry_idx: np.ndarray, signal_ns: np.ndarray, timestamp_ns: np.ndarray,
@@ -219,54 +582,3 @@ def _bar_open_ns(bars: pd.DataFrame) -> np.ndarray:
     if pd.api.types.is_integer_dtype(column.dtype):
         return column.to_numpy(dtype=np.int64)
     return datetime_to_ns(column)
-
-
-def _assemble(
-    arrays: TickArrays,
-    bar_open_ns: np.ndarray,
-    entry_idx: np.ndarray,
-    grid: np.ndarray,
-    exit_idx: np.ndarray,
-    exit_pts: np.ndarray,
-    reasons: np.ndarray,
-    instrument: Instrument,
-) -> pd.DataFrame:
-    """Turn the kernel's (bar, grid, side) results into the long labels table."""
-    n_bars, n_grid = len(bar_open_ns), len(grid)
-    shape = (n_bars, n_grid, 2)
-    sides = np.broadcast_to(np.array(_SIDES, dtype=np.int64), shape).ravel()
-    grid_id = np.broadcast_to(np.arange(n_grid, dtype=np.int64)[None, :, None], shape).ravel()
-    entry = np.broadcast_to(entry_idx[:, None, None], shape).ravel()
-    exit_idx = exit_idx.ravel()
-    reasons = reasons.ravel()
-
-    # No tick to enter on means no entry time or price.
-    entered = entry < len(arrays.timestamp_ns)
-    safe_entry = np.where(entered, entry, 0)
-    entry_pts = np.where(sides > 0, arrays.ask_pts[safe_entry], arrays.bid_pts[safe_entry])
-    entry_time = np.where(entered, arrays.timestamp_ns[safe_entry], NAT_NS)
-    entry_price = np.where(entered, points_to_price(entry_pts, instrument), np.nan)
-
-    exited = exit_idx >= 0
-    safe_exit = np.where(exited, exit_idx, 0)
-    exit_time = np.where(exited, arrays.timestamp_ns[safe_exit], NAT_NS)
-    exit_price = np.where(exited, points_to_price(exit_pts.ravel(), instrument), np.nan)
-
-    censored = np.isin(reasons, _CENSORED_REASONS)
-    pips = points_to_pips((exit_pts.ravel() - entry_pts) * sides, instrument)
-    pips = np.where(censored, np.nan, pips)
-
-    return pd.DataFrame({
-        "timestamp": np.repeat(bar_open_ns, n_grid * 2),
-        "grid_id": grid_id,
-        "take_profit_pips": grid[grid_id, 0],
-        "stop_loss_pips": grid[grid_id, 1],
-        "horizon_minutes": grid[grid_id, 2],
-        "side": sides,
-        "entry_time": entry_time,
-        "entry_price": entry_price,
-        "outcome": pd.Series(_OUTCOME_BY_REASON[reasons], dtype="str"),
-        "exit_time": exit_time,
-        "exit_price": exit_price,
-        "pips": pips,
-    }, columns=list(LABEL_COLUMNS))
