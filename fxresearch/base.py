@@ -300,22 +300,28 @@ def _build_features(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
 
 def _build_labels(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
     from fxresearch.bars import timeframe_name
-    from fxresearch.labels import build_labels, insufficient_reason
+    from fxresearch.fills import prepare_tick_arrays
+    from fxresearch.labels import insufficient_reason, write_labels
 
     ticks = ctx.ticks
+    # One set of tick arrays for every timeframe; each timeframe is streamed to its own file.
+    arrays = prepare_tick_arrays(ticks.timestamp_ns, ticks.bid, ticks.ask, ctx.instrument,
+                                 ctx.config.fills.max_gap_minutes)
     files, notes, counts = [], {}, {}
-    for timeframe_min in label_timeframes(ctx.config):
+    timeframes = label_timeframes(ctx.config)
+    for position, timeframe_min in enumerate(timeframes, start=1):
         bars = ctx.bars(timeframe_min)
-        table = build_labels(ticks.timestamp_ns, ticks.bid, ticks.ask, bars, timeframe_min, ctx.config, ctx.instrument)
         reason = insufficient_reason(len(bars), ctx.config.labels)
         if reason:
             notes[timeframe_name(timeframe_min)] = reason
         name = f"labels/{timeframe_name(timeframe_min)}.parquet"
-        artifacts.write_frame(ctx.out_dir / name, table, ctx.metadata | {"timeframe_min": str(timeframe_min)})
+        summary = write_labels(ctx.out_dir / name, ticks.timestamp_ns, ticks.bid, ticks.ask, bars, timeframe_min,
+                               ctx.config, ctx.instrument, ctx.metadata | {"timeframe_min": str(timeframe_min)},
+                               arrays=arrays)
         files.append(name)
-        counts[timeframe_name(timeframe_min)] = {
-            outcome: int(count) for outcome, count in table["outcome"].value_counts().items()
-        }
+        counts[timeframe_name(timeframe_min)] = summary["outcome_counts"]
+        logger.info("%s: labels of %s written, %d rows (timeframe %d of %d)", ctx.pair_year,
+                    timeframe_name(timeframe_min), summary["rows"], position, len(timeframes))
     return files, {"insufficient_data": notes, "outcome_counts": counts}
 
 
@@ -323,15 +329,20 @@ def _build_patterns(ctx: PairContext) -> tuple[list[str], dict[str, Any]]:
     from fxresearch.bars import timeframe_name
     from fxresearch.patterns import mine_patterns
 
-    timeframe_min = ctx.config.patterns.timeframe_min
-    labels = artifacts.read_frame(ctx.out_dir / "labels" / f"{timeframe_name(timeframe_min)}.parquet")
-    document = mine_patterns(ctx.features(timeframe_min), labels, ctx.split_ns(), timeframe_min,
-                             ctx.config.patterns, ctx.instrument.pip_size, pair_year=ctx.pair_year)
+    # Every labelled timeframe with a features table is mined; labels are read from their
+    # files one grid entry at a time.
+    with_features = set(feature_timeframes(ctx.config))
+    labels = {tf: ctx.out_dir / "labels" / f"{timeframe_name(tf)}.parquet" for tf in label_timeframes(ctx.config)}
+    features = {tf: ctx.features(tf) for tf in labels if tf in with_features}
+    document = mine_patterns(features, labels, ctx.split_ns(), ctx.config.patterns, ctx.instrument.pip_size,
+                             pair_year=ctx.pair_year)
     document["synthetic"] = ctx.is_synthetic
     name = f"{ctx.pair_year}_patterns.json"
     artifacts.write_json_atomic(ctx.out_dir / name, document)
     return [name], {
         "insufficient_data": document.get("insufficient_data"),
+        "conditions_tested": document.get("conditions_tested", 0),
+        "n_significant": document.get("significant", 0),
         "n_patterns": len(document.get("patterns", [])),
         "n_kept": len(document.get("kept", [])),
     }
