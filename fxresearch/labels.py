@@ -30,6 +30,7 @@ Market assumptions (the fill rules themselves are in ``fxresearch.fills``):
 - ``horizon_return_pips`` is the signed move from the entry fill to the trigger-side price
   (bid for a long, ask for a short) of the first tick at or after the horizon end, whatever
   barrier was hit first. It is NaN when no such tick exists or a data hole lies before it.
+  It is known at the horizon end, which can come after ``exit_time``.
 - ``uniqueness`` is López de Prado's average uniqueness: over the label's span
   ``[entry_time, exit_time]``, the time average of 1 / (number of labels of the same
   timeframe, grid entry and side whose spans contain that instant). Counts and averages of

@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fxresearch import fills, labels
-from fxresearch.config import Config, LabelsConfig
+from fxresearch import artifacts, fills, labels
+from fxresearch.backtest import run_backtests
+from fxresearch.bars import build_bars
+from fxresearch.config import Config, ConfigError, LabelsConfig
+from fxresearch.features import build_features
+from fxresearch.strategies import Strategy
 from fxresearch.instruments import get_instrument
 from fxresearch.timeutil import NS_PER_MINUTE, datetime_to_ns
 
@@ -164,7 +168,8 @@ def test_label_equals_simulate_trade(built, ticks):
         assert fill.entry_price == row["entry_price"]
         if fill.reason in ("stop_loss", "take_profit", "horizon"):
             assert row["outcome"] == fill.reason
-            assert fill.pips == row["pips"]
+            # Label pips are float32.
+            assert fill.pips == pytest.approx(row["pips"], abs=1e-5)
         else:
             assert row["outcome"] == "censored"
 
@@ -184,7 +189,14 @@ def test_labels_causal_after_price_change(built, ticks):
 
     known = (table["exit_time"] <= cut_ns) & (table["exit_time"] != labels.NAT_NS)
     assert known.sum() > 1500
-    pd.testing.assert_frame_equal(table[known], changed[known])
+    # The horizon return is known at the horizon end, which can come after the exit.
+    pd.testing.assert_frame_equal(table[known].drop(columns="horizon_return_pips"),
+                                  changed[known].drop(columns="horizon_return_pips"))
+    horizon_end = table["entry_time"] + table["horizon_minutes"].astype(np.int64) * NS_PER_MINUTE
+    horizon_known = known & (horizon_end < cut_ns - NS_PER_MINUTE)
+    assert horizon_known.sum() > 1000
+    pd.testing.assert_series_equal(table.loc[horizon_known, "horizon_return_pips"],
+                                   changed.loc[horizon_known, "horizon_return_pips"])
     # The change does reach labels that exit later, so the check above is not vacuous.
     assert not table.loc[~known, "pips"].equals(changed.loc[~known, "pips"])
 
@@ -322,3 +334,212 @@ def test_entry_delay_at_limit_allowed():
 def test_negative_entry_delay_raises():
     with pytest.raises(ValueError, match="max_entry_delay_minutes"):
         LabelsConfig(max_entry_delay_minutes=-1.0)
+
+
+def with_labels(**changes) -> Config:
+    return replace(Config(), labels=replace(LabelsConfig(), **changes))
+
+
+def test_unknown_barrier_mode_and_clock_raise():
+    with pytest.raises(ConfigError, match="barrier_mode"):
+        LabelsConfig(barrier_mode="percent")
+    with pytest.raises(ConfigError, match="horizon_clock"):
+        LabelsConfig(horizon_clock="trading")
+
+
+def ticks_every_10s_around_weekend():
+    """EURUSD ticks every 10 s on the minute grid, Friday 2 May 2014 15:00 to 21:00 UTC and
+    Sunday 4 May 21:00 to 23:59 UTC, with a flat bid that reaches no barrier."""
+    step_ns = 10 * 10**9
+    friday = np.arange(int(datetime_to_ns(["2014-05-02 15:00"])[0]), int(datetime_to_ns(["2014-05-02 21:00"])[0]),
+                       step_ns, dtype=np.int64)
+    sunday = np.arange(int(datetime_to_ns(["2014-05-04 21:00"])[0]), int(datetime_to_ns(["2014-05-05 00:00"])[0]),
+                       step_ns, dtype=np.int64)
+    timestamp_ns = np.concatenate([friday, sunday])
+    bid = np.full(len(timestamp_ns), 1.38)
+    return timestamp_ns, bid, bid + 1e-4
+
+
+def friday_label(clock: str) -> pd.Series:
+    timestamp_ns, bid, ask = ticks_every_10s_around_weekend()
+    config = with_labels(horizon_clock=clock, grid=((10.0, 10.0, 60.0),))
+    table = labels.build_labels(timestamp_ns, bid, ask, minute_bars(timestamp_ns, 5), 5, config, EURUSD)
+    # The 20:45 bar closes at 20:50 UTC, ten minutes before the 17:00 New York close (EDT).
+    rows = rows_of_bar(table, "2014-05-02 20:45")
+    return rows[rows["side"] == 1].iloc[0]
+
+
+def test_friday_horizon_counts_market_minutes():
+    row = friday_label("market")
+
+    assert row["entry_time"] == int(datetime_to_ns(["2014-05-02 20:50"])[0])
+    assert row["outcome"] == "horizon"
+    # Ten minutes before the close and fifty after Sunday's 17:00 New York open.
+    assert row["exit_time"] == int(datetime_to_ns(["2014-05-04 21:50"])[0])
+    assert row["horizon_return_pips"] == pytest.approx(-1.0)
+
+
+def test_friday_horizon_on_wall_clock_ends_at_open():
+    row = friday_label("wall")
+
+    assert row["outcome"] == "horizon"
+    assert row["exit_time"] == int(datetime_to_ns(["2014-05-04 21:00"])[0])
+
+
+def test_weekday_labels_same_on_both_clocks(built, ticks):
+    bars, table = built
+    timestamp_ns, bid, ask = ticks
+    wall = labels.build_labels(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, with_labels(horizon_clock="wall"), EURUSD)
+
+    pd.testing.assert_frame_equal(wall, table)
+
+
+def test_horizon_end_skips_every_weekend():
+    start = datetime_to_ns(["2014-05-02 20:50", "2014-05-02 22:00", "2014-05-07 10:00", "2014-12-05 21:50"])
+    end = labels.horizon_end_ns(start, 60.0, "market")
+
+    expected = datetime_to_ns(["2014-05-04 21:50", "2014-05-04 22:00", "2014-05-07 11:00", "2014-12-07 22:50"])
+    np.testing.assert_array_equal(end, expected)
+    # A week of open minutes (5 days) from Monday ends the next Monday, 7 days later.
+    monday = datetime_to_ns(["2014-05-05 12:00"])
+    assert labels.horizon_end_ns(monday, 5 * 24 * 60.0, "market")[0] == monday[0] + 7 * 24 * 60 * NS_PER_MINUTE
+
+
+def reference_uniqueness(entry_ns: np.ndarray, exit_ns: np.ndarray) -> np.ndarray:
+    """Slow reference: integrate 1 / concurrency over each span, segment by segment."""
+    bounds = np.unique(np.concatenate([entry_ns, exit_ns]))
+    result = []
+    for start, end in zip(entry_ns, exit_ns, strict=True):
+        if start == end:
+            result.append(1.0 / np.sum((entry_ns <= start) & (exit_ns >= start)))
+            continue
+        inside = bounds[(bounds >= start) & (bounds <= end)]
+        total = 0.0
+        for left, right in zip(inside[:-1], inside[1:], strict=True):
+            middle = (left + right) / 2.0
+            total += (right - left) / np.sum((entry_ns <= middle) & (exit_ns >= middle))
+        result.append(total / (end - start))
+    return np.array(result)
+
+
+def test_uniqueness_matches_reference():
+    rng = np.random.default_rng(12)
+    entry = np.sort(rng.integers(0, 1000, size=60))
+    exit_ = entry + rng.integers(0, 80, size=60)
+
+    np.testing.assert_allclose(labels.uniqueness_weights(entry, exit_), reference_uniqueness(entry, exit_))
+    np.testing.assert_allclose(labels.uniqueness_weights(np.array([0, 10]), np.array([5, 20])), [1.0, 1.0])
+    np.testing.assert_allclose(labels.uniqueness_weights(np.array([0, 0]), np.array([10, 10])), [0.5, 0.5])
+    np.testing.assert_allclose(labels.uniqueness_weights(np.array([0, 5]), np.array([10, 10])), [0.75, 0.5])
+
+
+def test_labels_uniqueness_per_grid_and_side(built):
+    _, table = built
+    for (grid_id, side), group in table.groupby(["grid_id", "side"]):
+        entered = group[group["entry_time"] != labels.NAT_NS].iloc[:400]
+        expected = reference_uniqueness(entered["entry_time"].to_numpy(), entered["exit_time"].to_numpy())
+        # The reference sees only the first 400 labels, so compare those far from its end.
+        np.testing.assert_allclose(entered["uniqueness"].to_numpy()[:300], expected[:300], rtol=1e-5,
+                                   err_msg=f"grid {grid_id} side {side}")
+    assert table.loc[table["entry_time"] == labels.NAT_NS, "uniqueness"].isna().all()
+    assert (table["uniqueness"].dropna() <= 1.0).all()
+
+
+def test_horizon_return_matches_ticks(built, ticks):
+    _, table = built
+    timestamp_ns, bid, ask = ticks
+    horizon_rows = table[table["outcome"] == "horizon"]
+    # A horizon exit is the tick at the horizon end, so both figures agree.
+    np.testing.assert_allclose(horizon_rows["horizon_return_pips"], horizon_rows["pips"], atol=1e-4)
+
+    rng = np.random.default_rng(4)
+    decided = table[table["outcome"].isin(["take_profit", "stop_loss"])]
+    for row in decided.iloc[rng.choice(len(decided), size=100, replace=False)].itertuples():
+        end = row.entry_time + int(row.horizon_minutes) * NS_PER_MINUTE
+        index = int(np.searchsorted(timestamp_ns, end))
+        hole = START_NS + HOLE_START_MIN * NS_PER_MINUTE
+        if index == len(timestamp_ns) or row.entry_time < hole <= timestamp_ns[index]:
+            assert np.isnan(row.horizon_return_pips)
+            continue
+        entry = int(np.searchsorted(timestamp_ns, row.entry_time))
+        move = bid[index] - ask[entry] if row.side == 1 else bid[entry] - ask[index]
+        assert row.horizon_return_pips == pytest.approx(move / EURUSD.pip_size, abs=1e-3)
+
+
+def test_atr_barriers_from_feature_atr(ticks):
+    timestamp_ns, bid, ask = ticks
+    bars = build_bars(timestamp_ns, bid, ask, TIMEFRAME_MIN)
+    config = with_labels(barrier_mode="atr", atr_grid=((1.5, 1.0, 60.0),))
+    table = labels.build_labels(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, config, EURUSD)
+    atr = build_features(bars, TIMEFRAME_MIN, Config().features, EURUSD)["atr_14"].to_numpy()
+
+    long_rows = table[table["side"] == 1]
+    np.testing.assert_allclose(long_rows["atr_pips"].to_numpy(), atr, rtol=1e-5)
+    entered = long_rows["entry_time"].to_numpy() != labels.NAT_NS
+    expected_tp = np.maximum(1, np.rint(1.5 * atr * 10)) / 10
+    np.testing.assert_allclose(long_rows["take_profit_pips"].to_numpy()[entered], expected_tp[entered], rtol=1e-6)
+    # The warm-up bars have no ATR, so no barrier and no entry.
+    assert not entered[:13].any()
+    assert entered[13:200].all()
+    take_profit = table[table["outcome"] == "take_profit"]
+    assert len(take_profit) > 200
+    np.testing.assert_allclose(take_profit["pips"], take_profit["take_profit_pips"], atol=1e-4)
+
+
+def test_chunks_and_file_match_one_table(built, ticks, tmp_path, caplog):
+    bars, table = built
+    timestamp_ns, bid, ask = ticks
+    config = with_labels(max_rows_per_chunk=len(bars) * 2)
+    with caplog.at_level("INFO", logger="fxresearch.labels"):
+        summary = labels.write_labels(tmp_path / "M5.parquet", timestamp_ns, bid, ask, bars, TIMEFRAME_MIN,
+                                      config, EURUSD, {"pair_year": "EURUSD_2014"})
+    progress = [r.getMessage() for r in caplog.records if "grid entries" in r.getMessage()]
+
+    assert len(progress) == 3
+    assert "(100%)" in progress[-1]
+    assert summary["rows"] == len(table)
+    assert summary["outcome_counts"] == {k: int(v) for k, v in table["outcome"].value_counts().items() if v}
+    from_file = artifacts.read_frame(tmp_path / "M5.parquet")
+    pd.testing.assert_frame_equal(from_file, table)
+    metadata = artifacts.read_metadata(tmp_path / "M5.parquet")
+    assert metadata["horizon_clock"] == "market"
+    assert metadata["pair_year"] == "EURUSD_2014"
+
+
+def test_outcome_codes_table():
+    assert list(labels.OUTCOME_DTYPE.categories) == ["stop_loss", "take_profit", "horizon", "censored"]
+
+
+def test_label_equals_backtest(ticks):
+    """A label and a one-signal backtest with the same SL/TP/horizon give the same trade.
+
+    The backtest's horizon is wall-clock minutes after the entry tick
+    (``run_backtests(horizon_minutes=...)``), so the labels use ``horizon_clock = "wall"``.
+    """
+    timestamp_ns, bid, ask = ticks
+    bars = build_bars(timestamp_ns, bid, ask, TIMEFRAME_MIN)
+    arrays = fills.prepare_tick_arrays(timestamp_ns, bid, ask, EURUSD, Config().fills.max_gap_minutes)
+    checked = 0
+    for mode in ("pips", "atr"):
+        config = with_labels(horizon_clock="wall", barrier_mode=mode)
+        table = labels.build_labels(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, config, EURUSD, arrays=arrays)
+        entered = table[table["entry_time"] != labels.NAT_NS]
+        rng = np.random.default_rng(8)
+        for row in entered.iloc[rng.choice(len(entered), size=40, replace=False)].itertuples():
+            bar = int(np.searchsorted(bars["timestamp"].to_numpy(), row.timestamp))
+            signals = np.zeros(len(bars), dtype=np.int8)
+            signals[bar] = row.side
+            strategy = Strategy("one_trade", {"bar": bar}, float(row.stop_loss_pips), float(row.take_profit_pips))
+            trades = run_backtests(arrays, bars, TIMEFRAME_MIN, [strategy], {strategy.signal_key: signals}, EURUSD,
+                                   float(row.horizon_minutes))
+            assert len(trades) == 1
+            reason = fills.REASONS[trades.reason[0]]
+            expected_outcome = reason if reason in labels.OUTCOMES else "censored"
+            assert row.outcome == expected_outcome
+            assert trades.entry_time_ns[0] == row.entry_time
+            assert trades.exit_time_ns[0] == row.exit_time
+            assert trades.exit_price[0] == row.exit_price
+            if expected_outcome != "censored":
+                assert trades.pips[0] == pytest.approx(row.pips, abs=1e-4)
+            checked += 1
+    assert checked == 80
