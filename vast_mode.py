@@ -924,12 +924,10 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
         run_ledger.append_event(ledger_path, "end", bad.path.name, job, run_ledger.FAILED, ok=False, seconds=0.0,
                                 message=bad.reason, error={"type": "InvalidFile", "message": bad.reason,
                                                            "traceback": ""})
-    for pair_file in pair_files:
-        if pair_file.pair_year in skipped:
-            summary.skipped.append(pair_file.pair_year)
-            run_ledger.append_event(ledger_path, "end", pair_file.pair_year, job, run_ledger.SKIPPED, ok=True,
-                                    seconds=0.0, message="outputs current",
-                                    fingerprint=fingerprints.get(pair_file.pair_year, ""))
+    for pair_year in sorted(skipped):
+        summary.skipped.append(pair_year)
+        run_ledger.append_event(ledger_path, "end", pair_year, job, run_ledger.SKIPPED, ok=True, seconds=0.0,
+                                message="outputs current", fingerprint=fingerprints.get(pair_year, ""))
     to_run = [f for f in pair_files if f.pair_year not in skipped]
     # Largest files first, so the run does not end on one long straggler.
     to_run.sort(key=lambda f: -rows.get(f.pair_year, 0))
