@@ -67,6 +67,25 @@ def crash_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, w
     os._exit(7)
 
 
+def dying_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    """Die by SIGKILL for GBPUSD, by os._exit(9) for USDJPY, run out of memory for AUDUSD, else succeed."""
+    import signal
+
+    if path.name.startswith("GBPUSD"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if path.name.startswith("USDJPY"):
+        os._exit(9)
+    if path.name.startswith("AUDUSD"):
+        import resource
+
+        # An address-space limit 256 MiB above what the process maps now, then a 2 GiB request.
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + 256 * 1024 ** 2, resource.RLIM_INFINITY))
+        np.ones(2 * 1024 ** 3 // 8)
+    time.sleep(0.5)
+    return {"message": "survived", "synthetic": False}
+
+
 def ok_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
     return {"message": f"done {path.stem}", "synthetic": path.stem.startswith("EUR")}
 
@@ -766,3 +785,82 @@ def test_heartbeat_lists_unfinished_when_no_future_runs(tmp_path, monkeypatch):
     heartbeats = [line for line in out.getvalue().splitlines() if line.startswith("... [0/1] done")]
     assert heartbeats
     assert "1 unfinished (EURUSD_2020)" in heartbeats[0]
+
+
+def test_each_kind_of_pair_death_fails_only_its_pair(tmp_path):
+    names = ["AUDUSD_2020", "EURUSD_2020", "GBPUSD_2020", "NZDUSD_2020", "USDJPY_2020"]
+    run_logs = vast_mode.new_run_logs(tmp_path / "out")
+    out = io.StringIO()
+    summary = vast_mode.run_vast_mode(pair_files(tmp_path, names), "generate-base", tmp_path / "out", Config(),
+                                      parallel_pairs=2, workers_per_pair=1, stream=out, job_function=dying_job,
+                                      run_logs=run_logs)
+    by_pair = {r.pair_year: r for r in summary.results}
+    assert summary.failed == 3
+    assert by_pair["EURUSD_2020"].message == "survived"
+    assert by_pair["NZDUSD_2020"].message == "survived"
+    assert re.match(r"pair process \d+ killed by signal SIGKILL \(often the kernel's out-of-memory killer\);",
+                    by_pair["GBPUSD_2020"].message), by_pair["GBPUSD_2020"].message
+    assert re.match(r"pair process \d+ exited with code 9;", by_pair["USDJPY_2020"].message)
+    assert by_pair["AUDUSD_2020"].message.startswith("out of memory (MemoryError: Unable to allocate 2.00 GiB")
+    assert by_pair["AUDUSD_2020"].message.endswith("lower --parallel-pairs, or run this pair alone on a machine "
+                                                   "with more memory")
+
+    events = [json.loads(line) for line in run_logs.ledger_path.read_text().splitlines()]
+    ends = {e["pair"]: e for e in events if e["event"] == "end"}
+    assert ends["GBPUSD_2020"]["status"] == "failed"
+    assert ends["GBPUSD_2020"]["error"]["type"] == "PairProcessDied"
+    assert ends["AUDUSD_2020"]["error"]["type"] == "MemoryError"
+    assert "Traceback" in ends["AUDUSD_2020"]["error"]["traceback"]
+    assert ends["EURUSD_2020"]["status"] == "ok"
+    starts = {e["pair"]: e["pid"] for e in events if e["event"] == "start"}
+    assert len(set(starts.values())) == 5, "each pair runs in its own process"
+
+
+def test_progress_line_counts_pairs(tmp_path):
+    out = io.StringIO()
+    vast_mode.run_vast_mode(pair_files(tmp_path, ["EURUSD_2020", "GBPUSD_2013", "USDJPY_2020"]), "generate-base",
+                            tmp_path / "out", Config(), 1, 1, stream=out, job_function=ok_job)
+    progress = [line for line in out.getvalue().splitlines() if line.startswith("Progress: ")]
+    assert len(progress) == 3
+    assert re.fullmatch(r"Progress: 1/3 pairs done \(0 failed\), [01] running, [12] queued; elapsed \d+s, "
+                        r"estimate unknown", progress[0]), progress[0]
+    assert progress[-1].startswith("Progress: 3/3 pairs done (0 failed), 0 running, 0 queued; elapsed ")
+
+
+def test_memory_budget_holds_second_pair(tmp_path):
+    from fxresearch.pair_executor import PairProcessExecutor
+
+    holds = []
+    executor = PairProcessExecutor(2, memory_budget_bytes=3 * GB, on_hold=holds.append)
+    try:
+        first = executor.submit_weighted(2 * GB, time.sleep, 0.5)
+        second = executor.submit_weighted(2 * GB, time.sleep, 0.1)
+        first.result(timeout=60)
+        second.result(timeout=60)
+    finally:
+        executor.shutdown()
+    assert holds and holds[0].startswith("memory: 1 running pairs need an estimated 2.00 GB and the next one "
+                                         "2.00 GB, above the 3.00 GB budget")
+
+
+def test_load_admission_reasons():
+    readings = iter([(2.5, 40.0), (0.5, 95.0), (0.5, 40.0)])
+    check = vast_mode.load_admission(1.0, 85.0, measure=lambda: next(readings))
+    assert check() == "load 2.50 per core is above --max-load 1"
+    assert check() == "memory use 95 % is above --max-memory-percent 85"
+    assert check() is None
+
+
+def test_measurements_replace_builtin_estimates(tmp_path):
+    from fxresearch.resources import JobEstimate, Measurements
+
+    measurements = Measurements()
+    measurements.record("generate-base", 1_000, 1.0, 2, 300_000_000)
+    measurements.record("generate-base", 2_000_000, 4.5, 2, 700_000_000)
+    measurements.save(tmp_path)
+    estimate = Measurements.load(tmp_path).estimate("generate-base")
+    assert estimate.process_bytes == 300_000_000
+    assert estimate.bytes_per_tick == pytest.approx(200.0)
+    assert estimate.ticks_per_second_per_worker == pytest.approx(2_000_000 / 4.0 / 2)
+    assert estimate.throughput_source == "measured on 1 earlier pairs"
+    assert Measurements.load(tmp_path / "none").estimate("search-light") == JobEstimate.builtin("search-light")
