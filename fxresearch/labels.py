@@ -339,6 +339,19 @@ def write_labels(
     return {"rows": rows, "outcome_counts": {name: int(n) for name, n in zip(OUTCOMES, counts, strict=True) if n}}
 
 
+def read_labels(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a labels file, or only ``columns`` of it, with time columns as int64 ns UTC.
+
+    A missing time (``NAT_NS`` when written) comes back as ``NAT_NS``.
+    """
+    table = pq.read_table(path, columns=columns)
+    for name in ("timestamp", "entry_time", "exit_time"):
+        if name in table.column_names and pa.types.is_timestamp(table.schema.field(name).type):
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, table.column(name).cast(pa.int64()))
+    return table.to_pandas()
+
+
 def _to_arrow(frame: pd.DataFrame, metadata: dict[str, str]) -> pa.Table:
     """Convert a labels chunk to Arrow with UTC timestamp time columns and the schema metadata."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -583,3 +596,101 @@ def _bar_open_ns(bars: pd.DataFrame) -> np.ndarray:
     if pd.api.types.is_integer_dtype(column.dtype):
         return column.to_numpy(dtype=np.int64)
     return datetime_to_ns(column)
+
+
+def meta_label_stats(
+    labels_table: pd.DataFrame,
+    strategy_index: np.ndarray,
+    signal_ns: np.ndarray,
+    side: np.ndarray,
+    stop_loss_pips: np.ndarray,
+    take_profit_pips: np.ndarray,
+    horizon_minutes: float,
+    max_entries_per_step: int = 200_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join strategy entries to labels and return each strategy's label win rate and coverage.
+
+    An entry (signal bar open ``signal_ns``, ``side``) of strategy s takes the label of the
+    same bar and side whose take-profit and stop-loss are closest to the strategy's, by the
+    sum of absolute pip differences (an equal pair when the grid has it), then by the horizon
+    closest to ``horizon_minutes``, then the lowest grid id. In ATR mode the pips compared are
+    each label's own.
+
+    Parameters
+    ----------
+    labels_table
+        Labels of the strategies' timeframe with at least ``timestamp``, ``side``,
+        ``grid_id``, ``take_profit_pips``, ``stop_loss_pips``, ``horizon_minutes``,
+        ``outcome`` and ``uniqueness``.
+    strategy_index, signal_ns, side
+        One value per entry: the strategy's row in ``stop_loss_pips``/``take_profit_pips``,
+        the signal bar's open (int64 ns UTC) and +1/-1.
+    stop_loss_pips, take_profit_pips
+        One value per strategy.
+    horizon_minutes
+        The strategies' horizon, used to break ties between grid entries.
+    max_entries_per_step
+        Entries joined per step, which bounds the temporary arrays.
+
+    Returns
+    -------
+    (win_rate, coverage)
+        float64 per strategy. ``coverage`` is the share of its entries that found a label
+        (NaN without entries). ``win_rate`` is the uniqueness-weighted share of take-profit
+        outcomes among those labels whose outcome is known (NaN when there is none).
+    """
+    n_strategies = len(stop_loss_pips)
+    strategy_index = np.asarray(strategy_index, dtype=np.int64)
+    found_count = np.zeros(n_strategies)
+    weight_sum = np.zeros(n_strategies)
+    win_sum = np.zeros(n_strategies)
+    entries = np.bincount(strategy_index, minlength=n_strategies).astype(np.float64)
+    if len(labels_table) and len(strategy_index):
+        dense = _dense_labels(labels_table)
+        bar_ns, take_profit, stop_loss, horizon, outcome, uniqueness = dense
+        for start in range(0, len(strategy_index), max_entries_per_step):
+            part = slice(start, start + max_entries_per_step)
+            index = strategy_index[part]
+            position = np.minimum(np.searchsorted(bar_ns, signal_ns[part]), len(bar_ns) - 1)
+            on_bar = bar_ns[position] == signal_ns[part]
+            column = np.where(np.asarray(side[part]) > 0, 0, 1)
+
+            # Distance of every grid entry to the strategy's barriers, as one sortable key.
+            distance = (np.abs(take_profit[position, :, column] - take_profit_pips[index][:, None])
+                        + np.abs(stop_loss[position, :, column] - stop_loss_pips[index][:, None]))
+            horizon_gap = np.abs(horizon[position, :, column] - horizon_minutes)
+            key = np.rint(np.nan_to_num(distance, nan=1e9) * 1000.0) * 1e7 + np.minimum(np.rint(horizon_gap), 1e6)
+            grid = np.argmin(key, axis=1)
+            code = outcome[position, grid, column]
+            has_label = on_bar & (code >= 0)
+            known = has_label & (code != CENSORED_CODE)
+            weight = np.where(known, uniqueness[position, grid, column], 0.0)
+            found_count += np.bincount(index[has_label], minlength=n_strategies)
+            weight_sum += np.bincount(index, weights=weight, minlength=n_strategies)
+            win_sum += np.bincount(index, weights=weight * (code == 1), minlength=n_strategies)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coverage = np.where(entries > 0, found_count / entries, np.nan)
+        win_rate = np.where(weight_sum > 0, win_sum / weight_sum, np.nan)
+    return win_rate, coverage
+
+
+def _dense_labels(labels_table: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """Return labels as arrays of shape (bar, grid entry, side), with the sorted bar opens.
+
+    Missing cells have NaN barriers and outcome code -1.
+    """
+    timestamp = labels_table["timestamp"].to_numpy(dtype=np.int64)
+    bar_ns, bar = np.unique(timestamp, return_inverse=True)
+    grid = labels_table["grid_id"].to_numpy(dtype=np.int64)
+    column = np.where(labels_table["side"].to_numpy() > 0, 0, 1)
+    shape = (len(bar_ns), int(grid.max()) + 1, 2)
+    arrays = []
+    for name in ("take_profit_pips", "stop_loss_pips", "horizon_minutes", "uniqueness"):
+        values = np.full(shape, np.nan, dtype=np.float32)
+        values[bar, grid, column] = labels_table[name].to_numpy(dtype=np.float32, na_value=np.nan)
+        arrays.append(values)
+    outcome = np.full(shape, -1, dtype=np.int8)
+    codes = pd.Categorical(labels_table["outcome"].astype(str), categories=list(OUTCOMES)).codes
+    outcome[bar, grid, column] = codes
+    take_profit, stop_loss, horizon, uniqueness = arrays
+    return bar_ns, take_profit, stop_loss, horizon, outcome, uniqueness

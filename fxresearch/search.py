@@ -90,6 +90,7 @@ RESULT_TAIL_COLUMNS = {
     "sortino_oos": "float64", "calmar_oos": "float64", "n_days_oos": "int64",
     "score": "float64", "rank": "int64", "trial_cluster": "int64",
     "pnl_usd_is": "float64", "pnl_usd_oos": "float64",
+    "label_win_rate_is": "float64", "label_coverage_is": "float64",
     "pip_size": "float64", "usd_rate_source": "object",
 }
 # Results are ranked by the first of these that is finite for some strategy. All are
@@ -232,6 +233,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     for column in daily.columns:
         metrics[column] = daily[column].to_numpy()
     results = pd.concat([results, metrics, usd], axis=1)
+    results["label_win_rate_is"], results["label_coverage_is"] = _label_meta(ctx, trades, strategies, bars)
     results["pip_size"] = ctx.instrument.pip_size
     results["usd_rate_source"] = _pair_rate_source(costs)
     results["rank"], ranking = rank_results(results)
@@ -406,6 +408,40 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
                          f"{2 * validation.pbo_partitions} ({validation.pbo_partitions} blocks of 2 days)")
     report["pbo"] = pbo
     return pd.DataFrame(columns), report
+
+
+def _label_meta(ctx: PairContext, trades: Any, strategies: list[Any], bars: pd.DataFrame
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Return each strategy's label win rate and label coverage over its in-sample entries.
+
+    Each in-sample entry takes the label of its signal bar and side with the closest SL/TP
+    (``labels.meta_label_stats``), from the labels of the search timeframe. Without that
+    labels file the win rate is NaN and the coverage 0.
+    """
+    from fxresearch.bars import timeframe_name
+    from fxresearch.labels import meta_label_stats, read_labels
+
+    n_strategies = len(strategies)
+    timeframe_min = ctx.config.search.timeframe_min
+    path = ctx.out_dir / "labels" / f"{timeframe_name(timeframe_min)}.parquet"
+    if not path.exists():
+        logger.warning("%s: no labels at %s; label_win_rate_is is NaN and label_coverage_is 0. Add %d to "
+                       "labels.timeframes_min to get them", ctx.pair_year, path, timeframe_min)
+        return np.full(n_strategies, np.nan), np.zeros(n_strategies)
+    columns = ["timestamp", "side", "grid_id", "take_profit_pips", "stop_loss_pips", "horizon_minutes",
+               "outcome", "uniqueness"]
+    labels_table = read_labels(path, columns)
+    in_sample = trades.entry_time_ns < ctx.split_ns()
+    signal_ns = bars["timestamp"].to_numpy(dtype=np.int64)[trades.signal_bar[in_sample]]
+    win_rate, coverage = meta_label_stats(
+        labels_table, trades.strategy_index[in_sample], signal_ns, trades.side[in_sample],
+        np.array([s.stop_loss_pips for s in strategies], dtype=np.float64),
+        np.array([s.take_profit_pips for s in strategies], dtype=np.float64),
+        ctx.config.search.horizon_minutes,
+    )
+    logger.info("%s: in-sample entries joined to labels: median coverage %.2f", ctx.pair_year,
+                float(np.nanmedian(coverage)) if np.isfinite(coverage).any() else 0.0)
+    return win_rate, coverage
 
 
 def _usd_totals(trades, costs: pd.DataFrame, n_strategies: int, split_ns: int) -> pd.DataFrame:
