@@ -2,7 +2,7 @@
 
 These kernels take and return numpy arrays and plain numbers only. Exits come from
 ``fxresearch._fill_kernels.find_exit_bars_nb``, so labels and backtests share one set of fill
-rules; this module only gives each entry its own levels and horizon end.
+rules. This module only gives each entry its own levels and horizon end.
 """
 
 from __future__ import annotations

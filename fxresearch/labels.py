@@ -610,11 +610,12 @@ def meta_label_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Join strategy entries to labels and return each strategy's label win rate and coverage.
 
-    An entry (signal bar open ``signal_ns``, ``side``) of strategy s takes the label of the
-    same bar and side whose take-profit and stop-loss are closest to the strategy's, by the
-    sum of absolute pip differences (an equal pair when the grid has it), then by the horizon
-    closest to ``horizon_minutes``, then the lowest grid id. In ATR mode the pips compared are
-    each label's own.
+    An entry (signal bar open ``signal_ns``, ``side``) of strategy s takes a label of the
+    same bar and side. Among the grid entries it picks the one whose take-profit and
+    stop-loss are closest to the strategy's by the sum of absolute pip differences, so an
+    equal pair wins when the grid has it. Ties go to the horizon closest to
+    ``horizon_minutes``, then to the lowest grid id. In ATR mode the pips compared are each
+    label's own.
 
     Parameters
     ----------

@@ -308,8 +308,8 @@ def mine_patterns(features_by_timeframe: Mapping[int, pd.DataFrame],
 def benjamini_yekutieli_threshold(p_values: np.ndarray, fdr: float) -> float | None:
     """Return the largest p-value rejected by Benjamini-Yekutieli at ``fdr``, or None.
 
-    The procedure holds under any dependence between the tests: with m p-values sorted
-    ascending, it rejects the k smallest for the largest k with
+    The procedure controls the false-discovery rate under any dependence between the tests.
+    With m p-values sorted ascending, it rejects the k smallest for the largest k with
     ``p_(k) <= k * fdr / (m * sum_{i<=m} 1/i)``.
     """
     p_values = np.sort(np.asarray(p_values, dtype=np.float64))
