@@ -52,8 +52,9 @@ def _write_failure(path: Path, exc: OSError) -> OutputWriteError:
         fix = f"A file is in the way of the output folder {path.parent}. Move it, or pass another --output-dir"
     else:
         fix = "Check the output folder and rerun"
-    error = OutputWriteError(exc.errno, f"Cannot write {path}: {cause}. {fix}.")
-    error.filename = str(path)
+    # One argument keeps str(error) to the message; the errno stays for callers that check it.
+    error = OutputWriteError(f"Cannot write {path}: {cause}. {fix}.")
+    error.errno = exc.errno
     return error
 
 

@@ -364,7 +364,7 @@ def detect_resources(cpu_count: int | None = None, cgroup_root: str | Path = "/s
 
     limit, usage = read_cgroup_memory(cgroup_root)
     limited = limit is not None and limit < total
-    if limited:
+    if limit is not None and limited:
         total = limit
         available = min(available, max(0, limit - (usage or 0)))
 

@@ -346,7 +346,7 @@ def _iso_strings_to_ns(column: pa.ChunkedArray, name: str, path: Path,
     parsed = pd.DatetimeIndex(pd.to_datetime(
         column.to_numpy(zero_copy_only=False), utc=True, format="ISO8601", errors="coerce"))
     missing = np.asarray(parsed.isna())
-    timestamp_ns = parsed.as_unit("ns").asi8.astype(np.int64, copy=True)
+    timestamp_ns = parsed.as_unit("ns").asi8.astype(np.int64, copy=True)  # type: ignore[attr-defined]  # no stub
     if not missing.any():
         return timestamp_ns, None
     timestamp_ns[missing] = 0
