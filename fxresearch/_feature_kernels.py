@@ -1,7 +1,7 @@
 """Compiled rolling-window kernels for ``fxresearch.features``.
 
 Each kernel takes and returns numpy arrays and plain numbers. Row ``t`` of every output reads
-input rows ``<= t`` only, and a row whose window is not yet full, or holds a NaN, is NaN.
+input rows ``<= t`` only, and a row whose window is not yet full, or contains a NaN, is NaN.
 Windows are recomputed from their values at each row (no running sums), so a value does not
 depend on how many rows came before its window.
 """

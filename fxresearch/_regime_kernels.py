@@ -48,7 +48,7 @@ def forward_filter_nb(log_emission: np.ndarray, transition: np.ndarray,
                       initial: np.ndarray) -> np.ndarray:
     """Filtered state probabilities ``P(state_t | rows <= t)`` of a hidden Markov model.
 
-    The state before the first row has distribution ``initial``; each row first moves it one
+    The state before the first row has distribution ``initial``. Each row first moves it one
     step through ``transition`` (rows sum to 1), then weighs it by the row's emission
     likelihood. A row whose emissions are NaN (no complete features) only takes the step, and
     its output row is NaN.

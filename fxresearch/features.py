@@ -312,7 +312,8 @@ def hour_and_week_of_bars(timestamp_ns: np.ndarray) -> tuple[np.ndarray, np.ndar
     not move them. Week numbers increase by one per week since 4 January 1970.
     """
     new_york = to_local(np.asarray(timestamp_ns, dtype=np.int64), NEW_YORK)
-    wall_ns = new_york.tz_localize(None).as_unit("ns").asi8.astype(np.int64)
+    # A naive New York time read as UTC gives the wall-clock time in nanoseconds.
+    wall_ns = datetime_to_ns(new_york.tz_localize(None))
     since_first_week = wall_ns - _FIRST_WEEK_START_WALL_NS
     week_id = since_first_week // NS_PER_WEEK
     hour_of_week = (since_first_week - week_id * NS_PER_WEEK) // NS_PER_HOUR

@@ -56,8 +56,8 @@ COVARIANCE_FLOOR = 1e-6
 # Fitting stops when the mean log-likelihood gains less than this per EM iteration.
 EM_TOLERANCE = 1e-4
 EM_MAX_ITERATIONS = 300
-# Each restart starts from k-means++ seeds. scikit-learn's default, one full k-means run,
-# often split the noise of two features and merged two volatility levels in testing.
+# Each restart starts from k-means++ seeds. With scikit-learn's default start (one k-means
+# run), three well-separated volatility levels were fitted as two merged levels plus a split by trend.
 MIXTURE_INIT = "k-means++"
 
 
@@ -178,7 +178,7 @@ def fit_regime_model(features: pd.DataFrame, split_ns: int, config: RegimesConfi
             "id": regime,
             "name": regime_names[regime],
             "weight": float(weights[regime]),
-            "mean": dict(zip(names, original_means[regime].tolist())),
+            "mean": dict(zip(names, original_means[regime].tolist(), strict=True)),
             "train_assigned": int((train_ids == regime).sum()),
         })
     model.update({
@@ -215,7 +215,7 @@ def apply_regime_model(model: dict[str, Any], features: pd.DataFrame) -> pd.Data
         ``timestamp`` (bar open, int64 ns UTC), ``regime_id`` (int64), ``regime_name`` (str)
         and ``probability`` (float64, the filtered probability of that regime given bars up
         to this one), one row per feature row. Rows without complete features get id -1, the
-        name ``warmup`` and a NaN probability. The table is empty when the model holds
+        name ``warmup`` and a NaN probability. The table is empty when the model contains
         ``insufficient_data``.
 
     Raises
@@ -336,7 +336,7 @@ def _regime_feature_table(features: pd.DataFrame, volatility_window: int, trend_
     columns = (features[deviation_name].to_numpy(dtype=np.float64), trend,
                features[er_name].to_numpy(dtype=np.float64))
     names = _feature_names(volatility_window, trend_lookback, efficiency_window)
-    table = pd.DataFrame(dict(zip(names, columns)))
+    table = pd.DataFrame(dict(zip(names, columns, strict=True)))
     valid = np.isfinite(table.to_numpy()).all(axis=1)
     table.loc[~valid, :] = np.nan
     return table
@@ -379,8 +379,8 @@ def _select_mixture(scaled: np.ndarray, config: RegimesConfig) -> tuple[list[dic
                                   reg_covar=COVARIANCE_FLOOR, tol=EM_TOLERANCE, max_iter=EM_MAX_ITERATIONS,
                                   n_init=config.n_init, init_params=MIXTURE_INIT,
                                   random_state=config.random_state)
-        # The matrices are 3 x 3, so BLAS threads only wait on each other: on a busy 2-core
-        # machine one thread fitted about 14 times faster than two.
+        # The matrices are 3 x 3, so extra BLAS threads only wait on each other. On a busy
+        # 2-core machine one thread fitted about 14 times faster than two (measured once).
         with threadpool_limits(limits=1):
             mixture.fit(scaled)
         bic = float(mixture.bic(scaled))

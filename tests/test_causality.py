@@ -65,15 +65,15 @@ def _changed_ticks(ticks: tuple[np.ndarray, np.ndarray, np.ndarray], cut_ns: int
 
 
 def _assert_rows_equal(before: pd.DataFrame, after: pd.DataFrame, n_rows: int, columns: list[str],
-                       what: str) -> None:
-    assert n_rows > 0, what
-    assert len(before) >= n_rows, what
-    assert len(after) >= n_rows, what
+                       case_name: str) -> None:
+    assert n_rows > 0, case_name
+    assert len(before) >= n_rows, case_name
+    assert len(after) >= n_rows, case_name
     np.testing.assert_array_equal(after["timestamp"].to_numpy()[:n_rows],
-                                  before["timestamp"].to_numpy()[:n_rows], err_msg=what)
+                                  before["timestamp"].to_numpy()[:n_rows], err_msg=case_name)
     for column in columns:
         np.testing.assert_array_equal(after[column].to_numpy()[:n_rows], before[column].to_numpy()[:n_rows],
-                                      err_msg=f"{what}: column {column}")
+                                      err_msg=f"{case_name}: column {column}")
 
 
 def _rows_closed_by(table: pd.DataFrame, timeframe_min: int, cut_ns: int) -> int:

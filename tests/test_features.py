@@ -526,7 +526,7 @@ def test_real_eurusd_ticks_give_bounded_features():
     assert features["perm_entropy_3_100"].iloc[101:].notna().all()
     assert features["hurst_100"].iloc[99:].between(0.0, 1.2).all()
     assert features["perm_entropy_3_100"].iloc[101:].between(0.0, 1.0).all()
-    # The file starts on Thursday 1 May; FX weeks start on Sundays 4 and 11 May at 21:00 UTC.
+    # The file starts on Thursday 1 May. FX weeks start on Sundays 4 and 11 May at 21:00 UTC.
     deviation = features["rv_hour_of_week_dev_20"]
     first_week = features["timestamp"] < _utc_ns("2014-05-04 21:00")
     third_week = features["timestamp"] >= _utc_ns("2014-05-11 21:00")
@@ -703,3 +703,12 @@ def test_profile_min_weeks_delays_the_deviation():
 def test_bad_new_feature_settings_raise(field, value, message, random_bars):
     with pytest.raises(ValueError, match=message):
         build_features(random_bars, 5, replace(CONFIG, **{field: value}), EURUSD)
+
+
+def test_catalogue_lists_every_feature_column():
+    from fxresearch.config import Config
+
+    catalogue = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
+    rows = [line for line in catalogue.splitlines() if line.startswith("| `")]
+    for column in feature_columns(Config().features):
+        assert any(f"`{column}`" in row for row in rows), f"docs/features.md has no row for {column}"
