@@ -13,7 +13,6 @@ a zone is converted by the ``ZoneRule`` of its vendor; this module never assumes
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
 import time
@@ -539,18 +538,11 @@ def iter_csv_batches(source: Source, block_bytes: int, *, delimiter: str = ",", 
             rows += batch.num_rows
             now = time.monotonic()
             if now - last_log >= PROGRESS_INTERVAL_S:
+                # The reader reads ahead of the rows it returns, so the share is given by rows, not bytes.
                 last_log = now
-                position = _position(handle)
-                share = f", {100.0 * position / total:.0f} %" if position is not None and total else ""
-                logger.info("%s: %d rows read in %.0f s%s", source.label, rows, now - started, share)
+                logger.info("%s: %d rows read in %.0f s (file of %.0f MB)", source.label, rows, now - started,
+                            total / 1e6)
             yield batch
-
-
-def _position(handle: IO[bytes]) -> int | None:
-    try:
-        return handle.tell()
-    except (OSError, io.UnsupportedOperation):
-        return None
 
 
 def column_as_string(batch: pa.RecordBatch, name: str) -> pa.Array:

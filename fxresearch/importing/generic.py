@@ -125,7 +125,7 @@ def _chunks(source: Source, options: ImportOptions, head: TextHead, names: list[
 
 def _parse_times(times: pa.Array, rule: ZoneRule | None, source: Source) -> tuple[np.ndarray, np.ndarray, Counter[str]]:
     """Parse text or epoch times of one batch into UTC ns, a validity mask and dropped counts."""
-    first = next((value for value in times.to_pylist()[:1000] if value), None)
+    first = next((value for value in times.slice(0, 1000).to_pylist() if value), None)
     if first is not None and _EPOCH_RE.match(first):
         unit_ns = _EPOCH_NS_PER_UNIT[len(first)]
         is_epoch = pc.match_substring_regex(times, _EPOCH_RE.pattern).to_numpy(zero_copy_only=False)
