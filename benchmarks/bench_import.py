@@ -41,7 +41,8 @@ def write_csv(path: Path, rows: int, seed: int = 1) -> None:
             price_points = int(bid_points[-1])
             spread = rng.integers(0, 4, n)
             times = np.datetime_as_string(start + steps_ms.astype("timedelta64[ms]"), unit="ms")
-            lines = [f"{t}Z,{b / 1e5:.5f},{(b + s) / 1e5:.5f}" for t, b, s in zip(times, bid_points, spread, strict=True)]
+            lines = [f"{t}Z,{b / 1e5:.5f},{(b + s) / 1e5:.5f}"
+                     for t, b, s in zip(times, bid_points, spread, strict=True)]
             handle.write("\n".join(lines) + "\n")
 
 

@@ -12,6 +12,7 @@ a zone is converted by the ``ZoneRule`` of its vendor; this module never assumes
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import re
@@ -503,46 +504,71 @@ def prices_to_float(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 # Streaming CSV
 
 
-def iter_csv_batches(source: Source, block_bytes: int, *, delimiter: str = ",", column_names: list[str] | None = None,
+def _line_pieces(handle: IO[bytes], block_bytes: int, encoding: str) -> Iterator[bytes]:
+    """Yield UTF-8 pieces of about ``block_bytes`` that end at a line end (the last one may not)."""
+    decoder = None if encoding == "utf8" else codecs.getincrementaldecoder(encoding)(errors="replace")
+    carry = b""
+    first = True
+    while True:
+        raw = handle.read(block_bytes)
+        data = raw if decoder is None else decoder.decode(raw, final=not raw).encode()
+        if first:
+            data = data.removeprefix(codecs.BOM_UTF8)
+            first = False
+        data = carry + data
+        if not raw:
+            if data:
+                yield data
+            return
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
+
+
+def iter_csv_batches(source: Source, block_bytes: int, *, delimiter: str = ",", column_names: list[str],
                      skip_rows: int = 0, encoding: str = "utf8",
                      column_types: dict[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a CSV input in record batches with pyarrow, logging progress every few seconds.
 
-    Memory stays near ``block_bytes`` times a small factor, whatever the file size.
+    The file is cut into pieces of about ``block_bytes`` at line ends, and each piece is
+    parsed with ``pyarrow.csv.open_csv``. Given the whole file, pyarrow's reader reads ahead
+    as fast as it can, so its memory grows with the file; the pieces keep it near
+    ``block_bytes`` times a small factor. A quoted field may therefore not contain a line end.
     """
     total = source.size()
-    read_options = pcsv.ReadOptions(block_size=block_bytes, column_names=column_names, skip_rows=skip_rows,
-                                    encoding=encoding)
     parse_options = pcsv.ParseOptions(delimiter=delimiter)
     convert_options = pcsv.ConvertOptions(column_types=column_types or {}, strings_can_be_null=True,
                                           quoted_strings_can_be_null=True)
+    started = last_log = time.monotonic()
+    rows = 0
+    read_bytes = 0
     with source.open() as handle:
-        try:
-            reader = pcsv.open_csv(handle, read_options=read_options, parse_options=parse_options,
-                                   convert_options=convert_options)
-        except pa.ArrowInvalid as exc:
-            if "Empty CSV file" in str(exc):
-                return
-            raise ImportDataError(f"Cannot read {source.label} as CSV: {exc}. Check the format and delimiter.") from exc
-        started = last_log = time.monotonic()
-        rows = 0
-        while True:
+        for piece in _line_pieces(handle, block_bytes, encoding):
+            read_options = pcsv.ReadOptions(block_size=len(piece) + 1, column_names=column_names,
+                                            skip_rows=skip_rows if read_bytes == 0 else 0)
+            read_bytes += len(piece)
             try:
-                batch = reader.read_next_batch()
+                reader = pcsv.open_csv(pa.BufferReader(piece), read_options=read_options,
+                                       parse_options=parse_options, convert_options=convert_options)
+                batches = list(reader)
             except StopIteration:
-                break
+                continue
             except pa.ArrowInvalid as exc:
+                if "Empty CSV file" in str(exc):
+                    continue
                 raise ImportDataError(
-                    f"Cannot read {source.label} after row {rows}: {exc}. Check that every row has the same columns."
+                    f"Cannot read {source.label} as CSV after row {rows}: {exc}. Check the format (--format), "
+                    f"the delimiter and that every row has the same columns."
                 ) from exc
-            rows += batch.num_rows
+            for batch in batches:
+                rows += batch.num_rows
+                yield batch
             now = time.monotonic()
             if now - last_log >= PROGRESS_INTERVAL_S:
-                # The reader reads ahead of the rows it returns, so the share is given by rows, not bytes.
                 last_log = now
-                logger.info("%s: %d rows read in %.0f s (file of %.0f MB)", source.label, rows, now - started,
-                            total / 1e6)
-            yield batch
+                share = f", {100.0 * handle.tell() / total:.0f} %" if source.member is None and total else ""
+                logger.info("%s: %d rows read in %.0f s%s", source.label, rows, now - started, share)
 
 
 def column_as_string(batch: pa.RecordBatch, name: str) -> pa.Array:
