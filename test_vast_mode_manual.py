@@ -85,7 +85,9 @@ def test_vast_run_on_sample_folder(sample, tmp_path):
     assert "  Total pairs: 2\n" in stdout
     assert "  Successful: 2\n" in stdout
     assert "  Failed: 0\n" in stdout
-    assert re.search(r"^  Total time: \d+\.\ds$", stdout, re.M)
+    assert re.search(r"^  Total time: \d+\.\ds \(estimated ~\d+ s\)$", stdout, re.M), stdout
+    assert re.search(r"^Progress: 2/2 pairs done \(0 failed\), 0 running, 0 queued; elapsed \d+s", stdout, re.M)
+    assert "Resume:             0 of 2 pairs are current; all run" in stdout
     assert "Results of 2 of 2 pairs are on SYNTHETIC data" in stdout
     assert "Traceback" not in result.stderr
 
