@@ -451,7 +451,7 @@ def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
 
     Pairs in ``skipped`` are left out. The parallel pairs are capped so that that many of the
     largest pair fit in the available memory (``MEMORY_HEADROOM`` of it), and the scheduler
-    also keeps the running pairs' summed estimate within it. ``estimate`` holds the measured
+    also keeps the running pairs' summed estimate within it. ``estimate`` contains the measured
     per-tick memory and throughput (``Measurements.estimate``), built-in figures by default.
     """
     estimate = estimate or JobEstimate.builtin(job)

@@ -60,6 +60,8 @@ MIN_TICKS_FOR_RATES = 100_000
 # Measurements kept per job, newest last.
 MAX_MEASUREMENTS = 50
 # Environment variable through which a pair process learns its memory budget in bytes.
+# TODO: no stage sizes its chunks from this budget yet; the tick reader, which converts
+# whole columns at once, is the stage meant to read its row batches from it.
 PAIR_MEMORY_ENV = "FXRESEARCH_PAIR_MEMORY_BYTES"
 
 
@@ -200,7 +202,7 @@ class JobEstimate:
     bytes_per_tick: float
     process_bytes: float
     ticks_per_second_per_worker: float
-    # Where the figures come from, in words, for the banner.
+    # Source of the figures in words, for the banner.
     memory_source: str
     throughput_source: str
 
@@ -226,7 +228,7 @@ class Measurements:
     Each job keeps its last ``MAX_MEASUREMENTS`` samples of ``rows``, ``seconds`` (the job,
     without process start-up), ``workers`` and ``peak_bytes`` (the pair process's maximum
     resident memory). Only jobs that built their outputs are recorded, because a reused
-    result says nothing about cost.
+    result measures no cost.
     """
 
     def __init__(self, document: dict | None = None) -> None:

@@ -1,6 +1,6 @@
 """Which pairs a VAST run must compute: current outputs are skipped, failed ones retried.
 
-A pair is current when its manifest says every output of the job was built from this input
+A pair is current when its manifest records that every output of the job was built from this input
 file (same content fingerprint), this configuration and this code, and the files exist. The
 manifest is written after the files it lists, so a pair killed mid-run is never current.
 The run ledger only records history; ``--retry-failed`` reads it to choose the pairs to rerun.

@@ -1,6 +1,6 @@
 """Bad input through a VAST run: each kind is either fixed and counted, or fails its own pair only.
 
-One run holds every kind of bad file beside good ones. The pair jobs below load the ticks and
+One run contains every kind of bad file beside good ones. The pair jobs below load the ticks and
 write the ticks report, the first stage of every real job, in their own pair processes; the
 output faults patch a write inside the pair process only, because CI runs as root and a
 real unwritable folder or full disk cannot be made there.
