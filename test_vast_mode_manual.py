@@ -51,7 +51,8 @@ def copy_inputs(sample_folder: Path, target: Path, names: list[str]) -> Path:
     return target
 
 
-def run_cli(*args: str, env_extra: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env_extra: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(env_extra or {})
     return subprocess.run([sys.executable, str(MAIN), *args], capture_output=True, text=True,
