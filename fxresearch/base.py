@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ from fxresearch.codeversion import code_version
 from fxresearch.config import Config, section_hash
 from fxresearch.instruments import Instrument, get_instrument
 from fxresearch.timeutil import ns_to_datetime, trading_day_ns
+
+if TYPE_CHECKING:
+    from fxresearch.ticks import Ticks
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class PairContext:
     reused: list[str] = field(default_factory=list)
 
     @property
-    def ticks(self):
+    def ticks(self) -> Ticks:
         if self._ticks is None:
             from fxresearch.ticks import load_ticks
 
@@ -79,7 +82,10 @@ class PairContext:
         return artifacts.read_metadata(self.parquet_path).get("synthetic") == "true"
 
     def split_ns(self) -> int:
-        return int(self.manifest.entry("split")["split_ns"])
+        entry = self.manifest.entry("split")
+        if entry is None:
+            raise StageError(f"{self.pair_year}: the split stage has not run, so there is no split time")
+        return int(entry["split_ns"])
 
     def bars(self, timeframe_min: int) -> pd.DataFrame:
         if timeframe_min not in self._bars:

@@ -13,15 +13,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fxresearch import artifacts
-from fxresearch.codeversion import code_version
 from fxresearch.base import PairContext, base_is_current, open_pair, run_base_stages
+from fxresearch.codeversion import code_version
 from fxresearch.config import Config, section_hash
+
+if TYPE_CHECKING:
+    from fxresearch.backtest import Trades
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def search_light(parquet_path: str | Path, output_dir: str | Path, config: Confi
     reason = "forced" if force_rerun else ctx.manifest.stale_reason(RESULTS_STAGE, ctx.fingerprint, config_hash,
                                                                     depends, code)
     if reason is None:
-        entry = ctx.manifest.entry(RESULTS_STAGE)
+        entry = ctx.manifest.entry(RESULTS_STAGE) or {}
         message = f"results reused ({entry.get('n_strategies', 0)} strategies)"
     else:
         logger.info("%s: building %s (%s)", ctx.pair_year, RESULTS_STAGE, reason)
@@ -207,7 +210,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     if last_is_tick >= 0 and not arrays.hole_after[last_is_tick]:
         closed_at_split = (trades.exit_idx == last_is_tick) & (trades.reason == DATA_GAP)
         trades.reason[closed_at_split] = END_OF_DATA
-    skips = trades.entry_skips.totals()
+    skips = trades.entry_skips.totals() if trades.entry_skips is not None else {}
     logger.info("%s: %d trades; signals skipped at entry: %s", ctx.pair_year, len(trades), skips)
 
     # Slippage and swap come off the pips every metric is computed from; commission is in USD.
@@ -303,7 +306,7 @@ def _compute_signal_grid(pair_year: str, strategies: list, context: Any,
     return signals
 
 
-def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, ask: np.ndarray,
+def _validate(ctx: PairContext, trades: Trades, costs: pd.DataFrame, bid: np.ndarray, ask: np.ndarray,
               metrics: pd.DataFrame, n_strategies: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Compute daily ratios, the ranking score, walk-forward folds and PBO for one pair.
 
@@ -384,9 +387,9 @@ def _validate(ctx: PairContext, trades, costs: pd.DataFrame, bid: np.ndarray, as
     }
 
     purge_days = horizon_days(ctx.config.search.horizon_minutes)
-    plan = walk_forward_folds(day_numbers[: last_is_column + 1], validation.n_folds, purge_days, validation.embargo_days,
-                              0.0, scheme=validation.scheme, min_train_days=validation.min_train_days,
-                              min_test_days=validation.min_test_days)
+    plan = walk_forward_folds(day_numbers[: last_is_column + 1], validation.n_folds, purge_days,
+                              validation.embargo_days, 0.0, scheme=validation.scheme,
+                              min_train_days=validation.min_train_days, min_test_days=validation.min_test_days)
     folds_report: dict[str, Any] = {"requested": validation.n_folds, "made": len(plan), "reason": plan.reason,
                                     "scheme": plan.scheme, "purge_days": purge_days,
                                     "embargo_days": validation.embargo_days, "folds": []}
@@ -444,7 +447,7 @@ def _label_meta(ctx: PairContext, trades: Any, strategies: list[Any], bars: pd.D
     return win_rate, coverage
 
 
-def _usd_totals(trades, costs: pd.DataFrame, n_strategies: int, split_ns: int) -> pd.DataFrame:
+def _usd_totals(trades: Trades, costs: pd.DataFrame, n_strategies: int, split_ns: int) -> pd.DataFrame:
     """Return net USD P&L per strategy and period; NaN where any trade has no USD rate."""
     columns = {}
     in_sample = trades.entry_time_ns < split_ns
@@ -472,7 +475,8 @@ def _empty_trades() -> pd.DataFrame:
     # Zero-length arrays of the dtypes the engine writes, so the empty file's schema matches.
     dtypes = {"side": np.int8, "entry_price": np.float64, "exit_price": np.float64, "pips": np.float64,
               "reason": np.int8}
-    empty = Trades(**{name: np.zeros(0, dtype=dtypes.get(name, np.int64)) for name in TRADE_COLUMNS})
+    columns: dict[str, Any] = {name: np.zeros(0, dtype=dtypes.get(name, np.int64)) for name in TRADE_COLUMNS}
+    empty = Trades(**columns)
     frame = empty.to_frame().drop(columns=["pips"])
     for name in RESULT_COLUMNS:
         frame[name] = pd.Series(dtype="object" if name == "usd_rate_source" else "float64")
