@@ -300,7 +300,7 @@ def mine_patterns(features_by_timeframe: Mapping[int, pd.DataFrame],
     logger.info("Mined patterns for %s on M%s: %d conditions tested, %d below p %.3g uncorrected, %d significant "
                 "at false-discovery rate %.3g, %d written, %d hold on the holdout (%.2f s)",
                 pair_year, ",M".join(str(t) for t in document["timeframes_min"]), n_tested,
-                document["raw_significant"], len(significant), config.fdr, len(document["patterns"]),
+                document["raw_significant"], config.fdr, len(significant), config.fdr, len(document["patterns"]),
                 len(document["kept"]), time.perf_counter() - started)
     return document
 
