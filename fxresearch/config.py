@@ -180,7 +180,7 @@ class RegimesConfig:
     volatility_window: int = 20
     trend_lookback: int = 12
     efficiency_window: int = 10
-    # A regime is a trend when its centre's trend_lookback return is this many volatility units or more.
+    # A regime is a trend when its mean trend_lookback return is this many volatility units or more.
     trend_threshold: float = 0.5
 
 
