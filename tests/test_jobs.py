@@ -212,7 +212,7 @@ def test_real_short_file_writes_empty_tables_with_reasons(tmp_path):
     assert "outcome" in labels.columns
     regimes = pd.read_parquet(tmp_path / "USDJPY_2013" / "USDJPY_2013_regimes.parquet")
     assert len(regimes) == 0
-    assert list(regimes.columns) == ["timestamp", "regime_id", "regime_name"]
+    assert list(regimes.columns) == ["timestamp", "regime_id", "regime_name", "probability"]
     # Every output records the pip size it used: 0.01 for a JPY-quoted pair.
     assert artifacts.read_metadata(tmp_path / "USDJPY_2013" / "bars" / "M1.parquet")["pip_size"] == "0.01"
 
