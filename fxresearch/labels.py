@@ -606,6 +606,7 @@ def meta_label_stats(
     stop_loss_pips: np.ndarray,
     take_profit_pips: np.ndarray,
     horizon_minutes: float,
+    known_before_ns: int | None = None,
     max_entries_per_step: int = 200_000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Join strategy entries to labels and return each strategy's label win rate and coverage.
@@ -630,6 +631,10 @@ def meta_label_stats(
         One value per strategy.
     horizon_minutes
         The strategies' horizon, used to break ties between grid entries.
+    known_before_ns
+        Labels whose ``exit_time`` is at or after this time count as found but not as known,
+        so the win rate of in-sample entries never reads a holdout price (needs the
+        ``exit_time`` column).
     max_entries_per_step
         Entries joined per step, which bounds the temporary arrays.
 
@@ -638,7 +643,8 @@ def meta_label_stats(
     (win_rate, coverage)
         float64 per strategy. ``coverage`` is the share of its entries that found a label
         (NaN without entries). ``win_rate`` is the uniqueness-weighted share of take-profit
-        outcomes among those labels whose outcome is known (NaN when there is none).
+        outcomes among those labels whose outcome is known: not censored and, with
+        ``known_before_ns``, exited before it (NaN when there is none).
     """
     n_strategies = len(stop_loss_pips)
     strategy_index = np.asarray(strategy_index, dtype=np.int64)
@@ -648,7 +654,7 @@ def meta_label_stats(
     entries = np.bincount(strategy_index, minlength=n_strategies).astype(np.float64)
     if len(labels_table) and len(strategy_index):
         dense = _dense_labels(labels_table)
-        bar_ns, take_profit, stop_loss, horizon, outcome, uniqueness = dense
+        bar_ns, take_profit, stop_loss, horizon, outcome, uniqueness, exit_ns = dense
         for start in range(0, len(strategy_index), max_entries_per_step):
             part = slice(start, start + max_entries_per_step)
             index = strategy_index[part]
@@ -665,6 +671,8 @@ def meta_label_stats(
             code = outcome[position, grid, column]
             has_label = on_bar & (code >= 0)
             known = has_label & (code != CENSORED_CODE)
+            if known_before_ns is not None:
+                known &= exit_ns[position, grid, column] < known_before_ns
             weight = np.where(known, uniqueness[position, grid, column], 0.0)
             found_count += np.bincount(index[has_label], minlength=n_strategies)
             weight_sum += np.bincount(index, weights=weight, minlength=n_strategies)
@@ -693,5 +701,8 @@ def _dense_labels(labels_table: pd.DataFrame) -> tuple[np.ndarray, ...]:
     outcome = np.full(shape, -1, dtype=np.int8)
     codes = pd.Categorical(labels_table["outcome"].astype(str), categories=list(OUTCOMES)).codes
     outcome[bar, grid, column] = codes
+    exit_ns = np.full(shape, NAT_NS, dtype=np.int64)
+    if "exit_time" in labels_table.columns:
+        exit_ns[bar, grid, column] = labels_table["exit_time"].to_numpy(dtype=np.int64)
     take_profit, stop_loss, horizon, uniqueness = arrays
-    return bar_ns, take_profit, stop_loss, horizon, outcome, uniqueness
+    return bar_ns, take_profit, stop_loss, horizon, outcome, uniqueness, exit_ns

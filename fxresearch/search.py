@@ -418,8 +418,9 @@ def _label_meta(ctx: PairContext, trades: Any, strategies: list[Any], bars: pd.D
     """Return each strategy's label win rate and label coverage over its in-sample entries.
 
     Each in-sample entry takes the label of its signal bar and side with the closest SL/TP
-    (``labels.meta_label_stats``), from the labels of the search timeframe. Without that
-    labels file the win rate is NaN and the coverage 0.
+    (``labels.meta_label_stats``), from the labels of the search timeframe. Labels that exit
+    at or after the split are left out of the win rate, so it reads no holdout price.
+    Without that labels file the win rate is NaN and the coverage 0.
     """
     from fxresearch.bars import timeframe_name
     from fxresearch.labels import meta_label_stats, read_labels
@@ -432,7 +433,7 @@ def _label_meta(ctx: PairContext, trades: Any, strategies: list[Any], bars: pd.D
                        "labels.timeframes_min to get them", ctx.pair_year, path, timeframe_min)
         return np.full(n_strategies, np.nan), np.zeros(n_strategies)
     columns = ["timestamp", "side", "grid_id", "take_profit_pips", "stop_loss_pips", "horizon_minutes",
-               "outcome", "uniqueness"]
+               "outcome", "uniqueness", "exit_time"]
     labels_table = read_labels(path, columns)
     in_sample = trades.entry_time_ns < ctx.split_ns()
     signal_ns = bars["timestamp"].to_numpy(dtype=np.int64)[trades.signal_bar[in_sample]]
@@ -440,7 +441,7 @@ def _label_meta(ctx: PairContext, trades: Any, strategies: list[Any], bars: pd.D
         labels_table, trades.strategy_index[in_sample], signal_ns, trades.side[in_sample],
         np.array([s.stop_loss_pips for s in strategies], dtype=np.float64),
         np.array([s.take_profit_pips for s in strategies], dtype=np.float64),
-        ctx.config.search.horizon_minutes,
+        ctx.config.search.horizon_minutes, known_before_ns=ctx.split_ns(),
     )
     logger.info("%s: in-sample entries joined to labels: median coverage %.2f", ctx.pair_year,
                 float(np.nanmedian(coverage)) if np.isfinite(coverage).any() else 0.0)

@@ -116,7 +116,9 @@ def test_label_win_rate_matches_pandas_join(searched):
         entries = pd.DataFrame({"timestamp": bars["timestamp"].to_numpy()[group["signal_bar"].to_numpy()],
                                 "side": group["side"].to_numpy()})
         joined = entries.merge(labels[labels["grid_id"] == grid_id], on=["timestamp", "side"], how="left")
-        known = joined[joined["outcome"].isin(["take_profit", "stop_loss", "horizon"])]
+        split_ns = int(artifacts.read_metadata(searched / "EURUSD_2025_backtest_results.parquet")["split_ns"])
+        known = joined[joined["outcome"].isin(["take_profit", "stop_loss", "horizon"])
+                       & (joined["exit_time"] < split_ns)]
         expected = np.average(known["outcome"] == "take_profit", weights=known["uniqueness"])
         assert row["label_win_rate_is"] == pytest.approx(expected, rel=1e-5)
         assert row["label_coverage_is"] == joined["outcome"].notna().mean()
