@@ -132,8 +132,9 @@ def feature_timeframes(config: Config) -> tuple[int, ...]:
 
 
 def label_timeframes(config: Config) -> tuple[int, ...]:
-    """Timeframes that need labels: the configured ones plus the pattern timeframe."""
-    return tuple(sorted(set(config.labels.timeframes_min) | {config.patterns.timeframe_min}))
+    """Timeframes that need labels: the configured ones, the pattern one and the search one (meta-labels)."""
+    wanted = set(config.labels.timeframes_min) | {config.patterns.timeframe_min, config.search.timeframe_min}
+    return tuple(sorted(wanted))
 
 
 def bar_timeframes(config: Config) -> tuple[int, ...]:
