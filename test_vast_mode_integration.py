@@ -59,7 +59,7 @@ def assert_full_base(output_dir: Path, pair: str) -> dict:
     patterns = json.loads((output_dir / pair / f"{pair}_patterns.json").read_text())
     assert patterns["split_ns"] == manifest["artifacts"]["split"]["split_ns"]
     regimes = pd.read_parquet(output_dir / pair / f"{pair}_regimes.parquet")
-    assert list(regimes.columns) == ["timestamp", "regime_id", "regime_name"]
+    assert list(regimes.columns) == ["timestamp", "regime_id", "regime_name", "probability"]
     return manifest
 
 
