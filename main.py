@@ -5,7 +5,8 @@ Examples::
     python main.py --parquet data/parquet/EURUSD_2025.parquet --generate-base
     python main.py --vast-mode --input-dir data/parquet --generate-base --dry-run
     python main.py --vast-mode --search-light --pairs EURUSD,GBPJPY --parallel-pairs 4
-    python main.py --vast-mode --generate-base --dask-scheduler tcp://10.0.0.5:8786
+    python main.py --vast-mode --generate-base --cluster tcp://10.0.0.5:8786
+    python main.py --vast-mode --search-light --cluster local --cluster-workers 2
     python main.py --report --output-dir output
 
 Exit codes: 0 when every pair succeeded, 1 when any pair failed, 2 for a usage error
@@ -31,6 +32,7 @@ from fxresearch.importing import FORMATS as IMPORT_FORMATS
 from fxresearch.importing import ImportDataError, ImportOptions, convert_files, format_report
 from fxresearch.naming import InvalidFileNameError, ScanResult, parse_pair_filename, scan_input_dir
 from fxresearch.resources import Measurements
+from fxresearch.storage import UrlPath, is_url, url_filesystem
 
 DEFAULT_INPUT_DIR = Path("data/parquet")
 DEFAULT_OUTPUT_DIR = Path("output")
@@ -86,6 +88,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _location(text: str) -> Path | UrlPath:
+    """Return a local folder as a Path, or an fsspec URL (``s3://bucket/ticks``) as text."""
+    return UrlPath(text) if is_url(text) else Path(text)
+
+
+class _ClusterAlias(argparse.Action):
+    """The old ``--dask-scheduler ADDRESS`` and ``--dask-local-workers N`` options, mapped to ``--cluster``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if option_string == "--dask-local-workers":
+            namespace.cluster = "local"
+            namespace.cluster_workers = values
+        else:
+            namespace.cluster = values
+
+
 def _percent(text: str) -> float:
     value = _positive_float(text)
     if value > 100:
@@ -106,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one tick file named PAIR_YEAR.parquet, run in this process")
     inputs.add_argument("--vast-mode", action="store_true",
                         help="run every PAIR_YEAR.parquet file of --input-dir, several pairs at once")
-    inputs.add_argument("--input-dir", type=Path, metavar="DIR",
+    inputs.add_argument("--input-dir", type=_location, metavar="DIR",
                         help=f"folder of PAIR_YEAR.parquet files for --vast-mode (default {DEFAULT_INPUT_DIR}/; "
-                             "when that is empty, the built-in synthetic sample is written there)")
+                             "when that is empty, the built-in synthetic sample is written there); "
+                             "an fsspec URL such as s3://bucket/ticks also works")
     inputs.add_argument("--csv", type=Path, metavar="FILE",
                         help="one vendor tick file to convert with --convert-only (the same as --convert FILE)")
 
@@ -160,19 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     vast.add_argument("--cost-per-hour", type=_positive_float, metavar="PRICE",
                       help="price of one hour of this machine; the banner prints the estimated cost and the "
                            "summary the actual one, in the price's currency")
-    dask = vast.add_mutually_exclusive_group()
-    dask.add_argument("--dask-scheduler", metavar="ADDRESS",
-                      help="run the pairs on the workers of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 "
-                           "(one pair per worker; input and output folders must be at the same path on every "
-                           "worker)")
-    dask.add_argument("--dask-local-workers", type=_positive_int, metavar="N",
-                      help="run the pairs on a Dask cluster of N single-threaded worker processes on this machine")
+    vast.add_argument("--cluster", metavar="ADDRESS|local",
+                      help="run the pairs on a Dask cluster: a scheduler address such as tcp://10.0.0.5:8786, or "
+                           "'local' for a cluster of worker processes on this machine (needs "
+                           "requirements-cluster.txt; input and output folders must be reachable from every worker)")
+    vast.add_argument("--cluster-workers", type=_positive_int, metavar="N",
+                      help="with --cluster local: the number of single-threaded worker processes (default: cores)")
+    # Earlier names of --cluster, kept working but not listed.
+    vast.add_argument("--dask-scheduler", action=_ClusterAlias, metavar="ADDRESS", help=argparse.SUPPRESS)
+    vast.add_argument("--dask-local-workers", action=_ClusterAlias, type=_positive_int, metavar="N",
+                      help=argparse.SUPPRESS)
 
     options = parser.add_argument_group("run options")
     options.add_argument("--force-rerun", action="store_true", help="rebuild every artifact, even when current")
-    options.add_argument("--output-dir", type=Path, metavar="DIR",
+    options.add_argument("--output-dir", type=_location, metavar="DIR",
                          help=f"results folder; each pair writes under DIR/PAIR_YEAR/ (default {DEFAULT_OUTPUT_DIR}/; "
-                              f"for --convert, the folder of the converted files, default {DEFAULT_INPUT_DIR}/)")
+                              f"for --convert, the folder of the converted files, default {DEFAULT_INPUT_DIR}/); "
+                              "with --vast-mode an fsspec URL also works, its ledger and logs kept in "
+                              "output/remote/ on this machine")
     options.add_argument("--config", type=Path, metavar="FILE", help="TOML file overriding configuration defaults")
     options.add_argument("--log-level", default="WARNING", type=str.upper,
                          choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -196,15 +221,28 @@ def validate_args(args: argparse.Namespace) -> None:
     if not args.vast_mode:
         vast_only = {"--input-dir": args.input_dir is not None, "--parallel-pairs": args.parallel_pairs is not None,
                      "--max-workers": args.max_workers is not None, "--pairs": args.pairs is not None,
-                     "--dry-run": args.dry_run, "--dask-scheduler": args.dask_scheduler is not None,
-                     "--dask-local-workers": args.dask_local_workers is not None,
+                     "--dry-run": args.dry_run, "--cluster": args.cluster is not None,
+                     "--cluster-workers": args.cluster_workers is not None,
                      "--retry-failed": args.retry_failed, "--adaptive": args.adaptive,
                      "--cost-per-hour": args.cost_per_hour is not None}
         present_options = [name for name, present in vast_only.items() if present]
         if present_options:
             raise UsageError(f"{', '.join(present_options)} only applies with --vast-mode")
-    if args.parallel_pairs is not None and (args.dask_scheduler is not None or args.dask_local_workers is not None):
+    if args.parallel_pairs is not None and args.cluster is not None:
         raise UsageError("--parallel-pairs does not apply on Dask: each Dask worker runs one pair at a time")
+    if args.cluster_workers is not None and args.cluster != "local":
+        raise UsageError("--cluster-workers sets the size of --cluster local; a remote cluster has the workers "
+                         "started with `dask worker`")
+    if args.cluster == "":
+        raise UsageError("--cluster needs a scheduler address such as tcp://10.0.0.5:8786, or 'local'")
+    urls = [str(folder) for folder in (args.input_dir, args.output_dir) if is_url(folder)]
+    if urls and args.parquet is not None:
+        raise UsageError("fsspec URLs work with --vast-mode only; copy the file to a local folder for --parquet")
+    if any(url.startswith("memory://") for url in urls):
+        raise UsageError("memory:// folders live inside one process, so pair processes and Dask worker "
+                         "processes cannot share them; use file:// or an object store URL", hint=False)
+    if isinstance(args.input_dir, UrlPath):
+        return
     if args.parquet is not None and not args.parquet.is_file():
         raise UsageError(f"Parquet file not found: {args.parquet}", hint=False)
     if args.input_dir is not None and not args.input_dir.exists():
@@ -215,11 +253,20 @@ def validate_args(args: argparse.Namespace) -> None:
                          "PAIR_YEAR.parquet files", hint=False)
 
 
-def check_output_dir(output_dir: Path) -> None:
+def check_output_dir(output_dir: Path | UrlPath) -> None:
     """Raise UsageError unless the output folder exists or can be made, and is writable.
 
     Checked before any work starts, so a bad folder costs a second, not a finished search.
+    An fsspec URL is only made (object stores have no folders to check).
     """
+    if isinstance(output_dir, UrlPath):
+        try:
+            filesystem, path = url_filesystem(output_dir)
+            filesystem.makedirs(path, exist_ok=True)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"Output folder {output_dir} cannot be used ({exc}). Pass a reachable --output-dir",
+                             hint=False) from None
+        return
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"Output path {output_dir} is a file, not a folder. Pass a folder to --output-dir",
                          hint=False)
@@ -258,14 +305,14 @@ def run_single(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED
 
 
-def _start_run_logs(args: argparse.Namespace) -> vast_mode.RunLogs:
-    run_logs = vast_mode.new_run_logs(args.output_dir, getattr(logging, args.log_level))
+def _start_run_logs(args: argparse.Namespace, on_cluster: bool = False) -> vast_mode.RunLogs:
+    run_logs = vast_mode.new_run_logs(args.output_dir, getattr(logging, args.log_level), on_cluster)
     vast_mode.configure_run_logging(run_logs, run_logs.console_level)
     logging.getLogger(__name__).info("fxresearch %s: %s", __version__, " ".join(sys.argv))
     return run_logs
 
 
-def _prepare_input_dir(args: argparse.Namespace, config: Config) -> tuple[Path, bool]:
+def _prepare_input_dir(args: argparse.Namespace, config: Config) -> tuple[Path | UrlPath, bool]:
     """Return the input folder, writing the built-in sample into the default one when it is empty.
 
     The second value is True when the sample was (or, on a dry run, would be) written.
@@ -305,12 +352,16 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
     folder, sample_pending = _prepare_input_dir(args, config)
     if sample_pending and args.dry_run:
         return EXIT_OK
-    on_dask = args.dask_scheduler is not None or args.dask_local_workers is not None
+    on_dask = args.cluster is not None
     if on_dask:
         # Dask workers may run in another working directory, so they get absolute paths.
-        folder = folder.resolve()
-        args.output_dir = args.output_dir.resolve()
-    scan = scan_input_dir(folder)
+        folder = folder.resolve() if isinstance(folder, Path) else folder
+        if isinstance(args.output_dir, Path):
+            args.output_dir = args.output_dir.resolve()
+    try:
+        scan = scan_input_dir(folder)
+    except (OSError, ValueError) as exc:  # an fsspec URL that is missing or cannot be reached
+        raise UsageError(str(exc), hint=False) from None
     if not scan.valid and not scan.invalid:
         raise UsageError(f"No parquet files found in {folder}", hint=False)
 
@@ -327,8 +378,8 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
     # A pair whose manifest says its outputs are current is skipped, unless asked to redo it.
     check = resume.check_current(selected, args.job, args.output_dir, config)
     skipped = [] if args.force_rerun or args.retry_failed else sorted(check.current)
-    plan_options = {"estimate": Measurements.load(args.output_dir).estimate(args.job), "skipped": skipped,
-                    "fingerprints": check.fingerprints}
+    plan_options = {"estimate": Measurements.load(vast_mode.run_state_dir(args.output_dir)).estimate(args.job),
+                    "skipped": skipped, "fingerprints": check.fingerprints}
 
     resources = vast_mode.detect_resources()
     if not on_dask:
@@ -336,23 +387,27 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
                                    **plan_options)
         return _run_plan(args, config, resources, scan, folder, plan)
 
-    from fxresearch.cluster import ClusterError, open_dask_executor
+    from fxresearch.cluster import ClusterError, WindowedExecutor, open_cluster
 
     with contextlib.ExitStack() as stack:
         try:
-            executor, cluster = stack.enter_context(open_dask_executor(args.dask_scheduler, args.dask_local_workers))
+            executor, cluster = stack.enter_context(open_cluster(args.cluster, args.cluster_workers or resources.cores))
         except ClusterError as exc:
             raise UsageError(str(exc), hint=False) from None
         plan = vast_mode.make_cluster_plan(selected, args.job, cluster.n_workers, cluster.threads_per_worker,
-                                           args.max_workers, **plan_options)
-        return _run_plan(args, config, resources, scan, folder, plan, executor, cluster.description)
+                                           args.max_workers, worker_memory_bytes=cluster.memory_limit_bytes,
+                                           **plan_options)
+        # At most the plan's parallel pairs are on the cluster at once: the memory-aware cap.
+        windowed = WindowedExecutor(executor, plan.parallel_pairs)
+        return _run_plan(args, config, resources, scan, folder, plan, windowed, cluster.description)
 
 
 def _select_failed(args: argparse.Namespace, selected: list) -> list:
     """Keep the selected pairs that the last run's ledger marks failed (``--retry-failed``)."""
     ledger, failed = resume.pairs_to_retry(args.output_dir)
     if ledger is None:
-        raise UsageError(f"--retry-failed: no run ledger in {args.output_dir / 'runs'}; run without it first",
+        runs = vast_mode.run_state_dir(args.output_dir) / "runs"
+        raise UsageError(f"--retry-failed: no run ledger in {runs}; run without it first",
                          hint=False)
     retry = [pair_file for pair_file in selected if pair_file.pair_year in failed]
     print(f"Retry failed:       {len(retry)} pairs marked failed in {ledger}"
@@ -363,7 +418,7 @@ def _select_failed(args: argparse.Namespace, selected: list) -> list:
 
 
 def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Resources, scan: ScanResult,
-              folder: Path, plan: vast_mode.RunPlan, executor: Executor | None = None,
+              folder: Path | UrlPath, plan: vast_mode.RunPlan, executor: Executor | None = None,
               cluster: str | None = None) -> int:
     """Print the banner, then run the plan (or print it, on a dry run) and the summary."""
     admission, adaptive = None, None
@@ -380,7 +435,7 @@ def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Res
         print("Dry run: nothing was run.")
         return EXIT_OK
 
-    run_logs = _start_run_logs(args)
+    run_logs = _start_run_logs(args, on_cluster=executor is not None)
     print(f"Run log:            {run_logs.log_path}")
     synthetic = {pair_year: info.synthetic for pair_year, info in plan.infos.items()}
     summary = vast_mode.run_vast_mode(
@@ -391,7 +446,10 @@ def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Res
     vast_mode.print_summary(summary, run_logs)
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    if args.job == "search-light":
+    if args.job == "search-light" and isinstance(args.output_dir, UrlPath):
+        print(f"Report: not built for the URL output {args.output_dir}; copy it to a local folder and run "
+              "--report --output-dir on that folder")
+    elif args.job == "search-light":
         _write_report(args.output_dir)
     return EXIT_OK if summary.failed == 0 else EXIT_FAILED
 

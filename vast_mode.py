@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import platform
 import sys
 import threading
 import time
@@ -53,6 +54,7 @@ from fxresearch.naming import (
     EXPECTED_FORM, InvalidFile, InvalidFileNameError, PairFile, ScanResult, parse_pair_filename,
 )
 from fxresearch.pair_executor import PairProcessDied, PairProcessExecutor
+from fxresearch.storage import UrlPath, is_url, local_run_dir, read_footer, staged_pair
 from fxresearch.resources import (
     GB, MEMORY_HEADROOM, PAIR_MEMORY_ENV, PAIR_SECONDS_ESTIMATE, PROCESS_STARTUP_SECONDS_ESTIMATE, JobEstimate,
     Measurements, Resources, TickFileInfo, WorkerPlan, detect_resources, estimate_run_seconds,
@@ -170,14 +172,29 @@ class RunLogs:
     ledger_path: Path | None
     # Level of the console handler. The log file always records INFO and above.
     console_level: int = logging.WARNING
+    # True when the pairs run on Dask workers, which may be other machines: a worker then
+    # announces a pair's start to the client (which writes the ledger line) and its log
+    # records reach the client's log file by Dask's log forwarding.
+    on_cluster: bool = False
 
 
-def new_run_logs(output_dir: str | Path, console_level: int = logging.WARNING) -> RunLogs:
-    """Name a new run (UTC time and process id) and its files under ``output_dir``."""
+def new_run_logs(output_dir: str | Path, console_level: int = logging.WARNING, on_cluster: bool = False) -> RunLogs:
+    """Name a new run (UTC time and process id) and its files under ``output_dir``.
+
+    For an fsspec URL output the files go to the local ``storage.local_run_dir`` instead:
+    the ledger and the log stay on the machine that runs the command.
+    """
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
-    output_dir = Path(output_dir)
-    return RunLogs(run_id, output_dir / "logs" / f"run-{run_id}.log",
-                   run_ledger.runs_dir(output_dir) / f"{run_id}{run_ledger.LEDGER_SUFFIX}", console_level)
+    state_dir = run_state_dir(output_dir)
+    return RunLogs(run_id, state_dir / "logs" / f"run-{run_id}.log",
+                   run_ledger.runs_dir(state_dir) / f"{run_id}{run_ledger.LEDGER_SUFFIX}", console_level,
+                   on_cluster)
+
+
+def run_state_dir(output_dir: str | Path) -> Path:
+    """Return the local folder of a run's logs, ledgers and measurements: the output folder itself,
+    or for an fsspec URL output its ``storage.local_run_dir``."""
+    return local_run_dir(str(output_dir)) if is_url(output_dir) else Path(output_dir)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -258,8 +275,16 @@ _worker_logging_for: RunLogs | None = None
 
 
 def _setup_worker_logging(run_logs: RunLogs | None) -> None:
-    """In a pair process, send log records to the run's log file (once per process)."""
+    """In a pair process, send log records to the run's log file (once per process).
+
+    On a Dask worker the records go to the client instead (``cluster.FORWARDED_LOGGERS``),
+    so this only lets INFO records through to the forwarding handler.
+    """
     global _worker_logging_for
+    if run_logs is not None and run_logs.on_cluster:
+        for name in ("fxresearch", __name__):
+            logging.getLogger(name).setLevel(logging.INFO)
+        return
     if run_logs is None or multiprocessing.parent_process() is None or _worker_logging_for == run_logs:
         return
     configure_run_logging(run_logs, run_logs.console_level)
@@ -335,11 +360,11 @@ def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: 
     ``memory_budget_bytes`` reaches the job's stages through the ``PAIR_MEMORY_ENV``
     environment variable, so a stage that works in chunks can size them.
     """
-    path, output_dir = Path(path), Path(output_dir)
+    path = UrlPath(path) if is_url(path) else Path(path)
+    output_dir = UrlPath(output_dir) if is_url(output_dir) else Path(output_dir)
     pair_year = _pair_year_of(path)
     _setup_worker_logging(run_logs)
-    run_ledger.append_event(run_logs.ledger_path if run_logs else None, "start", pair_year, job,
-                            run_ledger.STARTED, pid=os.getpid(), fingerprint=fingerprint, file=str(path))
+    _record_start(run_logs, pair_year, job, fingerprint, path)
     logger.info("%s %s started on %s with %d workers in process %d", pair_year, job, path, workers, os.getpid())
     if memory_budget_bytes:
         os.environ[PAIR_MEMORY_ENV] = str(int(memory_budget_bytes))
@@ -347,7 +372,12 @@ def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: 
     started = time.perf_counter()
     try:
         _setup_worker_environment(workers)
-        summary = job_function(path, output_dir, config, force_rerun, workers)
+        if isinstance(path, UrlPath) or isinstance(output_dir, UrlPath):
+            # The stages work on local files: copy down, run, copy each new file up once, manifest last.
+            with staged_pair(path, output_dir, pair_year) as staged:
+                summary = job_function(staged.input_path, staged.output_dir, config, force_rerun, workers)
+        else:
+            summary = job_function(path, output_dir, config, force_rerun, workers)
     except Exception as exc:
         seconds = time.perf_counter() - started
         logger.error("%s %s failed after %.1fs on %s", pair_year, job, seconds, path,
@@ -363,6 +393,34 @@ def run_pair(job_function: JobFunction, job: str, path: str | Path, output_dir: 
                       bool(summary.get("synthetic", False)), peak_memory_bytes=_peak_memory_bytes(),
                       measured=_built_outputs(job, summary))
 
+
+
+def _record_start(run_logs: RunLogs | None, pair_year: str, job: str, fingerprint: str, path: Path | str) -> None:
+    """Write the pair's start line to the ledger, or on a Dask worker ask the client to write it."""
+    if run_logs is None or run_logs.ledger_path is None:
+        return
+    fields = {"pid": os.getpid(), "fingerprint": fingerprint, "file": str(path)}
+    if run_logs.on_cluster:
+        from fxresearch.cluster import announce_start
+
+        host = platform.node()
+        if announce_start({"ledger": str(run_logs.ledger_path), "pair": pair_year, "job": job, "host": host,
+                           **fields}):
+            return
+    run_ledger.append_event(run_logs.ledger_path, "start", pair_year, job, run_ledger.STARTED, **fields)
+
+
+def tick_file_info(path: Path | str) -> TickFileInfo:
+    """Read a tick file's row count and synthetic marker from its footer, also behind an fsspec URL."""
+    if not is_url(path):
+        return read_tick_file_info(path)
+    try:
+        metadata = read_footer(str(path))
+    except (OSError, ValueError) as exc:
+        logger.info("Cannot read the parquet footer of %s: %s", path, exc)
+        return TickFileInfo(Path(UrlPath(path).name), 0, False, f"{type(exc).__name__}: {exc}")
+    synthetic = (metadata.metadata or {}).get(b"synthetic", b"").decode(errors="replace").lower() == "true"
+    return TickFileInfo(Path(UrlPath(path).name), metadata.num_rows, synthetic)
 
 
 def run_generate_base_single(path: str | Path, output_dir: str | Path, config: Config, force_rerun: bool = False,
@@ -457,7 +515,7 @@ def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
     estimate = estimate or JobEstimate.builtin(job)
     skipped = tuple(skipped)
     to_run = [f for f in files if f.pair_year not in skipped]
-    infos = {f.pair_year: read_tick_file_info(f.path) for f in to_run}
+    infos = {f.pair_year: tick_file_info(f.path) for f in to_run}
     bytes_per_pair = max((estimate.pair_bytes(i.rows) for i in infos.values()), default=0)
     available = resources.ram_available_gb * GB
     memory_cap = max_pairs_for_memory(available, bytes_per_pair)
@@ -470,28 +528,44 @@ def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
 
 def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, threads_per_worker: int,
                       max_workers: int | None = None, *, estimate: JobEstimate | None = None,
-                      skipped: Iterable[str] = (), fingerprints: dict[str, str] | None = None) -> RunPlan:
+                      skipped: Iterable[str] = (), fingerprints: dict[str, str] | None = None,
+                      worker_memory_bytes: int | None = None) -> RunPlan:
     """Plan a run on a Dask cluster: one pair per Dask worker, its threads for the pair.
 
     ``parallel_pairs`` is the number of Dask workers (or of pairs, if fewer), and
     ``workers_per_pair`` is ``max_workers`` or else the threads of the smallest Dask worker.
     This machine's cores and memory do not limit the plan, because the pairs run on the
-    workers. The memory estimate is still shown, for sizing the workers.
+    workers. With ``worker_memory_bytes`` (the smallest worker's Dask memory limit), the
+    parallel pairs are capped so that each pair's estimate fits within ``MEMORY_HEADROOM``
+    of one worker's limit beside the other pairs that worker may run, and each pair gets
+    that share as its memory budget.
     """
     if dask_workers < 1:
         raise ValueError(f"dask_workers must be at least 1, got {dask_workers}")
     estimate = estimate or JobEstimate.builtin(job)
     skipped = tuple(skipped)
     to_run = [f for f in files if f.pair_year not in skipped]
-    infos = {f.pair_year: read_tick_file_info(f.path) for f in to_run}
+    infos = {f.pair_year: tick_file_info(f.path) for f in to_run}
     bytes_per_pair = max((estimate.pair_bytes(i.rows) for i in infos.values()), default=0)
     pairs, limited_by = dask_workers, "dask"
+    notes: tuple[str, ...] = ()
+    budget = None
+    if worker_memory_bytes:
+        usable = worker_memory_bytes * MEMORY_HEADROOM
+        if bytes_per_pair > usable:
+            notes = (f"the largest pair needs an estimated {_format_bytes(bytes_per_pair)}, more than "
+                     f"{MEMORY_HEADROOM:.0%} of a Dask worker's {_format_bytes(worker_memory_bytes)} memory limit; "
+                     f"the worker may be restarted and the pair fail with KilledWorker. Start workers with a "
+                     f"larger --memory-limit",)
     if 1 <= len(to_run) < pairs:
         pairs, limited_by = len(to_run), "pairs"
-    workers = WorkerPlan(pairs, max_workers or max(1, threads_per_worker), limited_by)
+    if worker_memory_bytes:
+        # One worker's usable memory per running pair: _submit hands each pair budget / pairs.
+        budget = worker_memory_bytes * MEMORY_HEADROOM * pairs
+    workers = WorkerPlan(pairs, max_workers or max(1, threads_per_worker), limited_by, notes)
     seconds = estimate_run_seconds((i.rows for i in infos.values()), job, pairs, workers.workers_per_pair, estimate)
     return RunPlan(tuple(to_run), infos, workers, bytes_per_pair, seconds, estimate, skipped,
-                   dict(fingerprints or {}), None)
+                   dict(fingerprints or {}), budget)
 
 
 def _format_bytes(size: float) -> str:
@@ -529,8 +603,9 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     """Print the machine, the input files (each invalid one with its reason) and the plan.
 
     ``selection`` names what chose a subset of the files (``--pairs`` or ``--retry-failed``).
-    ``cluster`` is a one-line description of the Dask cluster the pairs run on, or None
-    when they run in processes on this machine. ``adaptive`` describes the load and memory
+    ``cluster`` is a one-line description of the Dask cluster the pairs run on (its workers,
+    threads and memory limit per worker), shown instead of this machine's cores and memory;
+    None when the pairs run in processes on this machine. ``adaptive`` describes the load and memory
     thresholds of ``--adaptive``, or is None without it.
     """
     rule = "=" * 72
@@ -547,7 +622,8 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
         f"Parquet files:      {len(scan.valid)} valid, {len(scan.invalid)} invalid",
     ]
     if cluster is not None:
-        lines.insert(3, f"Runs on:            {cluster}")
+        # The pairs run on the cluster's workers, so this machine's cores and memory do not matter.
+        lines[3:5] = [f"Runs on:            {cluster}"]
     for bad in scan.invalid:
         reason = bad.reason if "Expected" in bad.reason else f"{bad.reason} Expected {EXPECTED_FORM}."
         lines.append(f"  INVALID {bad.path.name}: {reason}")
@@ -579,7 +655,7 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     if plan.workers.limited_by == "memory":
         lines.append(f"  Memory, not cores, limits parallel pairs: {plan.parallel_pairs} x "
                      f"{_format_bytes(plan.bytes_per_pair)} fit in {resources.ram_available_gb:.1f} GB available")
-    if plan.memory_budget_bytes is not None and len(plan.files) > 1:
+    if plan.memory_budget_bytes is not None and len(plan.files) > 1 and cluster is None:
         lines.append(f"  Largest files start first; a pair starts only while the running pairs' estimates "
                      f"fit in {_format_bytes(plan.memory_budget_bytes)}")
     if adaptive:
@@ -610,7 +686,9 @@ def print_plan(plan: RunPlan, output_dir: str | Path, stream: TextIO = sys.stdou
         info = plan.infos[pair_file.pair_year]
         detail = f"unreadable footer: {info.error}" if info.error else f"{info.rows:,} ticks"
         marker = " [synthetic]" if info.synthetic else ""
-        stream.write(f"  {pair_file.pair_year:<12} {detail}{marker} -> {Path(output_dir) / pair_file.pair_year}\n")
+        target = f"{str(output_dir).rstrip('/')}/{pair_file.pair_year}" if is_url(output_dir) else \
+            Path(output_dir) / pair_file.pair_year
+        stream.write(f"  {pair_file.pair_year:<12} {detail}{marker} -> {target}\n")
     for pair_year in plan.skipped:
         stream.write(f"  {pair_year:<12} current, skipped\n")
     stream.flush()
@@ -904,7 +982,9 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
             raise ValueError(f"Unknown job {job!r}; expected one of {', '.join(JOBS)}")
         job_function = JOBS[job]
     started = time.perf_counter()
-    output_dir = Path(output_dir)
+    # An fsspec URL stays text; its measurements live in the local run folder.
+    output_dir = UrlPath(output_dir) if is_url(output_dir) else Path(output_dir)
+    state_dir = run_state_dir(output_dir)
     ledger_path = run_logs.ledger_path if run_logs else None
     summary = VastSummary(job, estimated_seconds=plan.estimated_seconds if plan else None,
                           cost_per_hour=cost_per_hour)
@@ -912,7 +992,7 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
     rows = {pair_year: info.rows for pair_year, info in plan.infos.items()} if plan else {}
     skipped = set(plan.skipped) if plan else set()
 
-    if output_dir.is_dir():
+    if isinstance(output_dir, Path) and output_dir.is_dir():
         from fxresearch.artifacts import remove_temp_files
 
         # Temporary files of processes that no longer exist: a run killed before it could clean up.
@@ -934,7 +1014,7 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
 
     progress = _Progress(summary, len(to_run), stream, run_logs, synthetic or {}, rows,
                          plan.estimated_seconds if plan else None, fingerprints)
-    measurements = Measurements.load(output_dir) if plan else None
+    measurements = Measurements.load(state_dir) if plan else None
     own_executor = executor is None
     if executor is None:
         executor = PairProcessExecutor(parallel_pairs, initializer=initializer, initargs=initargs,
@@ -945,10 +1025,10 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
         for pair_file in to_run:
             _submit(executor, pair_file, fanout, progress, job_function, job, output_dir, config, force_rerun,
                     workers_per_pair, run_logs, plan)
-        _collect(fanout, progress, job, measurements, output_dir, rows, workers_per_pair)
+        _collect(fanout, progress, job, measurements, state_dir, rows, workers_per_pair)
     except KeyboardInterrupt:
         summary.interrupted = True
-        _stop_after_interrupt(executor, own_executor, fanout, progress, output_dir, job)
+        _stop_after_interrupt(executor, own_executor, fanout, progress, state_dir, job)
     finally:
         if own_executor:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -960,7 +1040,7 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
 
 
 def _submit(executor: Executor, pair_file: PairFile, fanout: _Fanout, progress: _Progress,
-            job_function: JobFunction, job: str, output_dir: Path, config: Config, force_rerun: bool,
+            job_function: JobFunction, job: str, output_dir: Path | UrlPath, config: Config, force_rerun: bool,
             workers_per_pair: int, run_logs: RunLogs | None, plan: RunPlan | None) -> None:
     """Submit one pair; a submission that fails becomes that pair's failure."""
     weight = plan.pair_bytes(pair_file.pair_year) if plan else 0
@@ -1021,7 +1101,7 @@ def run_single_pair(path: str | Path, job: str, output_dir: str | Path, config: 
     if job not in JOBS:
         raise ValueError(f"Unknown job {job!r}; expected one of {', '.join(JOBS)}")
     summary = VastSummary(job)
-    synthetic = read_tick_file_info(path).synthetic
+    synthetic = tick_file_info(path).synthetic
     progress = _Progress(summary, 1, stream, run_logs, {_pair_year_of(Path(path)): synthetic})
     result = run_pair(JOBS[job], job, path, output_dir, config, force_rerun, workers, run_logs)
     progress.record(result)

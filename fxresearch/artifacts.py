@@ -185,13 +185,19 @@ def write_parquet_atomic(path: str | Path, table: pd.DataFrame | pa.Table,
 
 
 def file_fingerprint(path: str | Path) -> str:
-    """Return a content hash of a file (BLAKE2b over all bytes) with its size."""
-    path = Path(path)
+    """Return a content hash of a file (BLAKE2b over all bytes) with its size.
+
+    ``path`` may be an fsspec URL; the hash is the same as that of a local copy.
+    """
+    from fxresearch.storage import is_url, open_url
+
     digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
+    size = 0
+    with (open_url(str(path)) if is_url(path) else Path(path).open("rb")) as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
-    return f"{path.stat().st_size}-{digest.hexdigest()}"
+            size += len(chunk)
+    return f"{size}-{digest.hexdigest()}"
 
 
 class Manifest:

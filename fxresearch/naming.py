@@ -14,6 +14,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
+
+from fxresearch.storage import is_url, list_parquet_urls
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class InvalidFileNameError(ValueError):
 class PairFile:
     """A tick file whose name follows the rule: its path, symbol, year and ``SYMBOL_YEAR`` id."""
 
+    # A local path; for a file behind an fsspec URL, a UrlPath, which answers .name as a Path does.
     path: Path
     symbol: str
     year: int
@@ -40,7 +44,7 @@ class PairFile:
 class InvalidFile:
     """A file skipped by the folder scan, with the reason in words."""
 
-    path: Path
+    path: Path  # or a UrlPath, as in PairFile
     reason: str
 
 
@@ -105,6 +109,8 @@ def scan_input_dir(folder: str | Path) -> ScanResult:
     FileNotFoundError, NotADirectoryError
         When ``folder`` is missing or is not a folder.
     """
+    if is_url(folder):
+        return _scan_url_dir(str(folder))
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"Input folder not found: {folder}. Pass a folder of PAIR_YEAR.parquet files.")
@@ -144,6 +150,36 @@ def scan_input_dir(folder: str | Path) -> ScanResult:
     result.valid.sort(key=lambda f: f.path.name)
     result.invalid.sort(key=lambda f: f.path.name)
     logger.info("Scanned %s: %d valid tick files, %d invalid", folder, len(result.valid), len(result.invalid))
+    return result
+
+
+def _scan_url_dir(folder_url: str) -> ScanResult:
+    """Scan a folder behind an fsspec URL with the same rules as a local folder."""
+    result = ScanResult()
+    by_pair_year: dict[str, list[PairFile]] = defaultdict(list)
+    for url_path, is_file in list_parquet_urls(folder_url):
+        url = cast(Path, url_path)
+        if not is_file:
+            result.invalid.append(InvalidFile(url, f"{url.name} is a folder, expected a single parquet file "
+                                                   f"named {EXPECTED_FORM}."))
+            continue
+        try:
+            symbol, year = parse_pair_filename(url.name)
+        except InvalidFileNameError as exc:
+            result.invalid.append(InvalidFile(url, f"{exc} (in {folder_url})"))
+            continue
+        by_pair_year[f"{symbol}_{year}"].append(PairFile(url, symbol, year, f"{symbol}_{year}"))
+    for pair_year, files in by_pair_year.items():
+        if len(files) == 1:
+            result.valid.append(files[0])
+            continue
+        names = " and ".join(f.path.name for f in files)
+        result.invalid.extend(InvalidFile(f.path, f"Conflicting tick files for {pair_year}: {names} in {folder_url} "
+                                                  f"name the same pair and year. Remove or rename all but one of them.")
+                              for f in files)
+    result.valid.sort(key=lambda f: f.path.name)
+    result.invalid.sort(key=lambda f: f.path.name)
+    logger.info("Scanned %s: %d valid tick files, %d invalid", folder_url, len(result.valid), len(result.invalid))
     return result
 
 

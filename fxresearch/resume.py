@@ -3,6 +3,8 @@
 A pair is current when its manifest records that every output of the job was built from this input
 file (same content fingerprint), this configuration and this code, and the files exist. The
 manifest is written after the files it lists, so a pair killed mid-run is never current.
+For an fsspec URL output, the manifests are read through a local mirror
+(``storage.manifest_mirror``) and the ledger lives in the local ``storage.local_run_dir``.
 The run ledger only records history; ``--retry-failed`` reads it to choose the pairs to rerun.
 """
 
@@ -65,7 +67,13 @@ def check_current(files: Sequence[PairFile], job: str, output_dir: str | Path, c
 
     Reads each input file once, in ``FINGERPRINT_THREADS`` threads. A pair that cannot be
     checked (an unreadable file, an unknown symbol) is not current, and its error is kept.
+    Input files and ``output_dir`` may be fsspec URLs.
     """
+    from fxresearch.storage import is_url, manifest_mirror
+
+    if is_url(output_dir):
+        with manifest_mirror(str(output_dir), [f.pair_year for f in files]) as mirror:
+            return check_current(files, job, mirror, config)
     check = ResumeCheck()
     output_dir = Path(output_dir)
 
@@ -91,8 +99,10 @@ def check_current(files: Sequence[PairFile], job: str, output_dir: str | Path, c
 def pairs_to_retry(output_dir: str | Path, exclude_ledger: Path | None = None) -> tuple[Path | None, list[str]]:
     """Return the last run's ledger and the pairs it marks failed (``--retry-failed``)."""
     from fxresearch.ledger import failed_pairs, latest_ledger
+    from fxresearch.storage import is_url, local_run_dir
 
-    ledger = latest_ledger(output_dir, exclude=exclude_ledger)
+    ledger = latest_ledger(local_run_dir(str(output_dir)) if is_url(output_dir) else output_dir,
+                           exclude=exclude_ledger)
     if ledger is None:
         return None, []
     return ledger, failed_pairs(ledger)
