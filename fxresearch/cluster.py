@@ -55,9 +55,10 @@ START_TOPIC = "fxresearch-pair-start"
 # Loggers whose records the workers send to the client's log file and console.
 FORWARDED_LOGGERS = ("fxresearch", "vast_mode")
 # Times a local cluster's scheduler reruns a pair whose worker died, before it fails the pair
-# with KilledWorker. Dask's default is 3; single-threaded local workers run no other pair that
-# a death could have interrupted, so one rerun is enough to tell a crash from bad luck.
-LOCAL_ALLOWED_FAILURES = 1
+# with KilledWorker. Dask's default is 3. A pair that kills every worker it runs on (a crash in
+# native code, memory beyond the worker's limit) should fail sooner than that; 2 still lets a
+# pair whose rerun landed on a worker that another pair took down finish.
+LOCAL_ALLOWED_FAILURES = 2
 # Share of the available memory that a local cluster's workers may use together.
 LOCAL_MEMORY_SHARE = 0.8
 
@@ -155,8 +156,10 @@ def _start_local_cluster(distributed: Any, local_workers: int, processes: bool) 
     try:
         with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
             # dashboard_address ":0" takes a free port, so another program on port 8787 does not clash.
+            # Worker processes listen on 127.0.0.1 only; workers in this process talk over inproc://.
+            where = {"host": "127.0.0.1"} if processes else {}
             return distributed.LocalCluster(n_workers=local_workers, threads_per_worker=1, processes=processes,
-                                            host="127.0.0.1", dashboard_address=":0", memory_limit=memory_limit)
+                                            dashboard_address=":0", memory_limit=memory_limit, **where)
     except (OSError, RuntimeError, TimeoutError) as exc:
         raise ClusterError(f"Cannot start a local Dask cluster with {local_workers} workers ({exc}). "
                            f"Try a smaller --cluster-workers, or run without --cluster") from None
