@@ -559,6 +559,8 @@ def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, th
                      f"larger --memory-limit",)
     if 1 <= len(to_run) < pairs:
         pairs, limited_by = len(to_run), "pairs"
+    # NOTE: the cap limits the pairs on the cluster at once, not where Dask places them: a worker with
+    # several threads and no pair resource may still get two pairs while another worker idles.
     if worker_memory_bytes:
         # One worker's usable memory per running pair: _submit hands each pair budget / pairs.
         budget = worker_memory_bytes * MEMORY_HEADROOM * pairs
