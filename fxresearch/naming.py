@@ -33,7 +33,7 @@ class InvalidFileNameError(ValueError):
 class PairFile:
     """A tick file whose name follows the rule: its path, symbol, year and ``SYMBOL_YEAR`` id."""
 
-    # A local path; for a file behind an fsspec URL, a UrlPath, which answers .name as a Path does.
+    # A local path, or for a file behind an fsspec URL a UrlPath, which has .name like a Path.
     path: Path
     symbol: str
     year: int

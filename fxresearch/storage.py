@@ -44,7 +44,7 @@ def is_url(location: object) -> bool:
 
 
 class UrlPath(str):
-    """A file or folder URL that also answers ``.name``, as ``pathlib.Path`` does.
+    """A file or folder URL with ``.name`` and ``.parent``, like a ``pathlib.Path``.
 
     ``Path("s3://bucket/x")`` would fold the two slashes into one, so URLs stay text.
     """
