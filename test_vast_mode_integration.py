@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -110,10 +111,14 @@ def test_generate_base_on_builtin_sample(tmp_path):
         assert results["n_trades_is"].sum() > 0
         assert results["n_trades_oos"].sum() > 0
 
-    # A second search-light run reuses every result.
+    # A second search-light run skips every pair: each manifest says the results are current.
     result = run_cli("--vast-mode", "--search-light", "--config", "small.toml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("results reused") == len(pairs)
+    assert f"Resume:             {len(pairs)} of {len(pairs)} pairs are current" in result.stdout
+    assert f"  Skipped (outputs current): {len(pairs)} (" in result.stdout
+    # The leaderboard of the resumed run still ranks every pair.
+    leaderboard = pd.read_parquet(tmp_path / "output" / "leaderboard.parquet")
+    assert sorted(set(leaderboard["pair_year"])) == sorted(pairs)
 
 
 def test_generate_base_on_real_files(tmp_path):

@@ -106,13 +106,14 @@ def test_vast_run_on_sample_folder(sample, tmp_path):
         ("EURUSD_2025", "end"), ("EURUSD_2025", "start"), ("GBPUSD_2025", "end"), ("GBPUSD_2025", "start")]
     assert all(e["ok"] is True for e in events if e["event"] == "end")
 
-    # A second run of one pair, chosen by --pairs, reuses what the first built.
+    # A second run of one pair, chosen by --pairs, skips it: its manifest says every output is current.
     again = run_cli("--vast-mode", "--input-dir", str(sample_folder), "--generate-base", "--config", str(config),
                     "--output-dir", str(out), "--pairs", "eurusd")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Selected by --pairs: 1 of 2 valid files" in again.stdout
-    assert re.search(r"^\u2705 \[1/1\] EURUSD_2025 - generate-base complete .*0 stages built, 7 reused",
-                     again.stdout, re.M), again.stdout
+    assert "Resume:             1 of 1 pairs are current and will be skipped (EURUSD_2025)" in again.stdout
+    assert "  Total pairs: 1\n" in again.stdout
+    assert "  Skipped (outputs current): 1 (EURUSD_2025)\n" in again.stdout
     assert "GBPUSD_2025" not in again.stdout.split("=" * 72)[-1]
 
 

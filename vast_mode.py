@@ -1120,12 +1120,13 @@ def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream:
     lines = [
         "-" * 72,
         f"Summary: {summary.job}" + (" (INTERRUPTED)" if summary.interrupted else ""),
-        f"  Total pairs: {summary.total}",
+        f"  Total pairs: {summary.total + len(summary.skipped)}",
         f"  Successful: {summary.successful}",
         f"  Failed: {summary.failed}",
     ]
     if summary.skipped:
-        lines.append(f"  Skipped (outputs current): {len(summary.skipped)}")
+        shown = ", ".join(summary.skipped[:10]) + (" ..." if len(summary.skipped) > 10 else "")
+        lines.append(f"  Skipped (outputs current): {len(summary.skipped)} ({shown})")
     time_line = f"  Total time: {summary.seconds:.1f}s"
     if summary.estimated_seconds is not None:
         time_line += f" (estimated ~{_format_duration(summary.estimated_seconds)})"

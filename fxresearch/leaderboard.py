@@ -75,11 +75,12 @@ class RunRecord:
 
     @property
     def ok_pairs(self) -> list[str]:
-        return sorted(p for p, run in self.pairs.items() if run.status == "ok")
+        # A pair skipped because its outputs were current has results as good as a finished one.
+        return sorted(p for p, run in self.pairs.items() if run.status in ("ok", "skipped"))
 
     @property
     def failed_pairs(self) -> list[str]:
-        return sorted(p for p, run in self.pairs.items() if run.status != "ok")
+        return sorted(p for p, run in self.pairs.items() if run.status not in ("ok", "skipped"))
 
 
 def read_run_ledger(ledger_path: str | Path) -> RunRecord:
