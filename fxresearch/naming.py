@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 EXPECTED_FORM = "PAIR_YEAR.parquet, e.g. EURUSD_2025.parquet"
 
-PAIR_FILE_RE = re.compile(r"^(?P<symbol>[A-Z]{6})_(?P<year>[0-9]{4})\.(?i:parquet)$")
+PAIR_FILE_RE = re.compile(r"^(?P<symbol>[A-Z]{6})_(?P<year>[0-9]{4})\.(?i:parquet)\Z")
 
 
 class InvalidFileNameError(ValueError):
@@ -67,7 +67,7 @@ def parse_pair_filename(path: str | Path) -> tuple[str, int]:
         With the file, the reason and the expected form.
     """
     path = Path(path)
-    match = PAIR_FILE_RE.match(path.name)
+    match = PAIR_FILE_RE.fullmatch(path.name)
     if match is None:
         reason = _explain_mismatch(path.name)
         location = f" in {path.parent}" if path.parent != Path(".") else ""
