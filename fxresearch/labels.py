@@ -68,6 +68,7 @@ from fxresearch._label_kernels import add_open_minutes_nb, label_entries_nb, wil
 from fxresearch.config import Config, LabelsConfig
 from fxresearch.fills import TickArrays, horizon_to_ns, points_to_pips, points_to_price, prepare_tick_arrays
 from fxresearch.instruments import Instrument
+from fxresearch.resources import chunk_rows_for_budget
 from fxresearch.timeutil import NEW_YORK, NS_PER_DAY, NS_PER_MINUTE, datetime_to_ns, ns_to_datetime
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ OUTCOMES: tuple[str, ...] = ("stop_loss", "take_profit", "horizon", "censored")
 OUTCOME_DTYPE = pd.CategoricalDtype(list(OUTCOMES), ordered=False)
 CENSORED_CODE = 3
 NAT_NS = np.iinfo(np.int64).min
+# Estimated peak bytes per label row while a chunk is built and concatenated: about 85 bytes
+# stored, plus the per-entry arrays and the copy made by the concatenation.
+LABEL_ROW_BYTES = 300
 SIDES: tuple[int, ...] = (1, -1)
 
 # Outcome code for each fill reason code; every reason without a known result is censored.
@@ -419,7 +423,11 @@ def iter_label_chunks(
     entered = entry_idx < n_ticks
     entry_ns = np.where(entered, arrays.timestamp_ns[np.minimum(entry_idx, n_ticks - 1)], NAT_NS)
     n_bars, n_grid = len(bar_open_ns), len(grid)
-    per_chunk = max(1, labels_config.max_rows_per_chunk // (2 * n_bars))
+    max_rows = chunk_rows_for_budget(labels_config.max_rows_per_chunk, LABEL_ROW_BYTES)
+    per_chunk = max(1, max_rows // (2 * n_bars))
+    if max_rows < labels_config.max_rows_per_chunk:
+        logger.info("Labels for %s at %d minutes: chunks of %d grid entries (%d rows), sized to the pair's "
+                    "memory budget", instrument.symbol, timeframe_min, per_chunk, per_chunk * 2 * n_bars)
     for first in range(0, n_grid, per_chunk):
         grid_ids = range(first, min(first + per_chunk, n_grid))
         parts = [

@@ -60,9 +60,11 @@ MIN_TICKS_FOR_RATES = 100_000
 # Measurements kept per job, newest last.
 MAX_MEASUREMENTS = 50
 # Environment variable through which a pair process learns its memory budget in bytes.
-# TODO: no stage sizes its chunks from this budget yet; the tick reader, which converts
-# whole columns at once, is the stage meant to read its row batches from it.
+# The labels stage sizes its grid chunks from it (``chunk_rows_for_budget``).
 PAIR_MEMORY_ENV = "FXRESEARCH_PAIR_MEMORY_BYTES"
+# Share of a pair's memory budget one chunk of a chunked stage may take; the ticks, bars
+# and the chunk being written hold the rest.
+CHUNK_BUDGET_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,32 @@ def pair_memory_budget() -> int | None:
     """Return this pair process's memory budget in bytes, set by the VAST run, or None."""
     text = os.environ.get(PAIR_MEMORY_ENV, "")
     return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def chunk_rows_for_budget(configured_rows: int, bytes_per_row: int, budget_bytes: int | None = None) -> int:
+    """Return the rows per chunk of a chunked stage: the configured cap, lowered to fit the budget.
+
+    Parameters
+    ----------
+    configured_rows : int
+        The stage's configured maximum rows per chunk.
+    bytes_per_row : int
+        Estimated peak bytes one row takes while its chunk is built and written.
+    budget_bytes : int or None
+        The pair's memory budget; None reads it from the environment of a VAST pair process,
+        and without one (a single-pair run) the configured cap is returned.
+
+    Returns
+    -------
+    int
+        At least 1. A chunk takes at most ``CHUNK_BUDGET_SHARE`` of the budget.
+    """
+    if budget_bytes is None:
+        budget_bytes = pair_memory_budget()
+    if budget_bytes is None:
+        return max(1, configured_rows)
+    fitting = int(budget_bytes * CHUNK_BUDGET_SHARE) // max(1, bytes_per_row)
+    return max(1, min(configured_rows, fitting))
 
 
 def system_load() -> tuple[float, float]:

@@ -543,3 +543,35 @@ def test_label_equals_backtest(ticks):
                 assert trades.pips[0] == pytest.approx(row.pips, abs=1e-4)
             checked += 1
     assert checked == 80
+
+
+
+def test_chunks_follow_pair_memory_budget(ticks, monkeypatch, caplog):
+    """A small pair memory budget cuts the grid into more chunks, with the same labels."""
+    from fxresearch import resources
+
+    timestamp_ns, bid, ask = ticks
+    bars = minute_bars(timestamp_ns, TIMEFRAME_MIN)
+    config = Config()
+    n_grid = len(config.labels.grid)
+    whole = list(labels.iter_label_chunks(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, config, EURUSD))
+    assert len(whole) == 1
+
+    # Room for one grid entry (both sides of every bar) per chunk.
+    budget = int(2 * len(bars) * labels.LABEL_ROW_BYTES / resources.CHUNK_BUDGET_SHARE) + 1
+    monkeypatch.setenv(resources.PAIR_MEMORY_ENV, str(budget))
+    caplog.set_level("INFO", logger="fxresearch.labels")
+    small = list(labels.iter_label_chunks(timestamp_ns, bid, ask, bars, TIMEFRAME_MIN, config, EURUSD))
+    assert len(small) == n_grid
+    assert any("sized to the pair's memory budget" in r.getMessage() for r in caplog.records)
+    pd.testing.assert_frame_equal(pd.concat(small, ignore_index=True), whole[0])
+
+
+def test_chunk_rows_for_budget_caps(monkeypatch):
+    from fxresearch.resources import PAIR_MEMORY_ENV, chunk_rows_for_budget
+
+    monkeypatch.delenv(PAIR_MEMORY_ENV, raising=False)
+    assert chunk_rows_for_budget(1_000, 100, None) == 1_000
+    assert chunk_rows_for_budget(1_000, 100, 4_000) == 10
+    assert chunk_rows_for_budget(1_000, 100, 10**12) == 1_000
+    assert chunk_rows_for_budget(1_000, 10**9, 4_000) == 1
