@@ -65,6 +65,9 @@ def search_light(parquet_path: str | Path, output_dir: str | Path, config: Confi
         message = f"results reused ({entry.get('n_strategies', 0)} strategies)"
     else:
         logger.info("%s: building %s (%s)", ctx.pair_year, RESULTS_STAGE, reason)
+        # Saved before the rebuild, so a run killed while writing leaves the results not current.
+        if ctx.manifest.forget(RESULTS_STAGE):
+            ctx.manifest.save()
         extra = _build_results(ctx, workers)
         ctx.manifest.record(RESULTS_STAGE, extra.pop("files"), ctx.fingerprint, config_hash, depends, code,
                             **extra)
