@@ -3,8 +3,8 @@
 The fill rules are stated once, in the docstring of ``fxresearch.fills``. These kernels take
 and return numpy arrays and plain numbers only. ``find_exit_ticks_nb`` is the plain tick scan
 and the reference. ``find_exit_bars_nb`` returns the same result while skipping one-minute
-bars that cannot hold an exit. ``label_many_nb`` runs the bar walk for many entries in
-parallel.
+bars that cannot hold an exit. ``label_entries_nb`` runs the bar walk for many entries in
+parallel, each with its own levels and horizon end; ``label_many_nb`` gives them all the same.
 """
 
 from __future__ import annotations
@@ -223,18 +223,20 @@ def find_exit_bars_nb(
 
 
 @njit(cache=True, parallel=True)
-def label_many_nb(
+def label_entries_nb(
     timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
     bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
     bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
-    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray, entry_idx: np.ndarray, side: int,
-    take_profit_points: int, stop_loss_points: int, horizon_ns: int,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray,
+    entry_idx: np.ndarray, side: int, take_profit_points: np.ndarray, stop_loss_points: np.ndarray,
+    horizon_end_ns: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Find the exit of one (take-profit, stop-loss, horizon, side) trade from each entry tick.
+    """Find the exit of one side's trade from each entry tick, with per-entry levels and horizon.
 
-    The entry fills at the ask for a long (+1) and at the bid for a short (-1). The levels
-    are that fill price plus or minus the integer point distances. Each entry is independent,
-    so the result does not depend on the number of threads.
+    ``take_profit_points``, ``stop_loss_points`` and ``horizon_end_ns`` hold one value per
+    entry. A long (+1) fills at the ask and a short (-1) at the bid, and the levels are that
+    price plus or minus the point distances. Entries are independent, so the result does not
+    depend on the number of threads.
 
     Returns
     -------
@@ -256,15 +258,11 @@ def label_many_nb(
             entry_price = ask_pts[entry]
         else:
             entry_price = bid_pts[entry]
-        stop_pts = entry_price - side * stop_loss_points
-        target_pts = entry_price + side * take_profit_points
-        if horizon_ns >= NO_HORIZON_NS - timestamp_ns[entry]:
-            horizon_end_ns = NO_HORIZON_NS
-        else:
-            horizon_end_ns = timestamp_ns[entry] + horizon_ns
+        stop_pts = entry_price - side * stop_loss_points[k]
+        target_pts = entry_price + side * take_profit_points[k]
         exit_idx, price, reason = find_exit_bars_nb(
             timestamp_ns, bid_pts, ask_pts, hole_after,
-            entry, side, stop_pts, target_pts, horizon_end_ns, n_ticks,
+            entry, side, stop_pts, target_pts, horizon_end_ns[k], n_ticks,
             bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts,
             bar_ask_high_pts, bar_has_hole, bar_end_ns,
         )
@@ -272,3 +270,35 @@ def label_many_nb(
         out_price[k] = price
         out_reason[k] = reason
     return out_idx, out_price, out_reason
+
+
+@njit(cache=True)
+def label_many_nb(
+    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
+    bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
+    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
+    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray, entry_idx: np.ndarray, side: int,
+    take_profit_points: int, stop_loss_points: int, horizon_ns: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Find the exit of one (take-profit, stop-loss, horizon, side) trade from each entry tick.
+
+    The same levels for every entry, and a horizon counted in wall-clock nanoseconds from
+    each entry tick; ``label_entries_nb`` does the work.
+
+    Returns
+    -------
+    (exit_idx int64, exit_price_pts int64, reason int8) arrays, one value per entry.
+    """
+    n_entries = len(entry_idx)
+    n_ticks = len(timestamp_ns)
+    horizon_end_ns = np.full(n_entries, NO_HORIZON_NS, dtype=np.int64)
+    for k in range(n_entries):
+        entry = entry_idx[k]
+        if 0 <= entry < n_ticks and horizon_ns < NO_HORIZON_NS - timestamp_ns[entry]:
+            horizon_end_ns[k] = timestamp_ns[entry] + horizon_ns
+    return label_entries_nb(
+        timestamp_ns, bid_pts, ask_pts, hole_after, bar_first, bar_last, bar_bid_low_pts,
+        bar_bid_high_pts, bar_ask_low_pts, bar_ask_high_pts, bar_has_hole, bar_end_ns, entry_idx, side,
+        np.full(n_entries, take_profit_points, dtype=np.int64),
+        np.full(n_entries, stop_loss_points, dtype=np.int64), horizon_end_ns,
+    )

@@ -1,66 +1,14 @@
 """Compiled label kernels: per-entry barriers and horizons, open-market time and Wilder's ATR.
 
 These kernels take and return numpy arrays and plain numbers only. Exits come from
-``fxresearch._fill_kernels.find_exit_bars_nb``, so labels and backtests share one set of fill
-rules. This module only gives each entry its own levels and horizon end.
+``fxresearch._fill_kernels.label_entries_nb``, so labels and backtests share one set of fill
+rules. This module only computes each entry's horizon end and the ATR its levels may use.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
-from fxresearch._fill_kernels import NO_ENTRY, find_exit_bars_nb
-
-
-@njit(cache=True, parallel=True)
-def label_entries_nb(
-    timestamp_ns: np.ndarray, bid_pts: np.ndarray, ask_pts: np.ndarray, hole_after: np.ndarray,
-    bar_first: np.ndarray, bar_last: np.ndarray, bar_bid_low_pts: np.ndarray,
-    bar_bid_high_pts: np.ndarray, bar_ask_low_pts: np.ndarray, bar_ask_high_pts: np.ndarray,
-    bar_has_hole: np.ndarray, bar_end_ns: np.ndarray,
-    entry_idx: np.ndarray, side: int, take_profit_points: np.ndarray, stop_loss_points: np.ndarray,
-    horizon_end_ns: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Find the exit of one side's trade from each entry tick, with per-entry levels and horizon.
-
-    ``take_profit_points``, ``stop_loss_points`` and ``horizon_end_ns`` hold one value per
-    entry. A long (+1) fills at the ask and a short (-1) at the bid, and the levels are that
-    price plus or minus the point distances. Entries are independent, so the result does not
-    depend on the number of threads.
-
-    Returns
-    -------
-    (exit_idx int64, exit_price_pts int64, reason int8) arrays, one value per entry.
-    """
-    n_entries = len(entry_idx)
-    n_ticks = len(timestamp_ns)
-    out_idx = np.empty(n_entries, dtype=np.int64)
-    out_price = np.empty(n_entries, dtype=np.int64)
-    out_reason = np.empty(n_entries, dtype=np.int8)
-    for k in prange(n_entries):
-        entry = entry_idx[k]
-        if entry < 0 or entry >= n_ticks:
-            out_idx[k] = -1
-            out_price[k] = 0
-            out_reason[k] = NO_ENTRY
-            continue
-        if side > 0:
-            entry_price = ask_pts[entry]
-        else:
-            entry_price = bid_pts[entry]
-        stop_pts = entry_price - side * stop_loss_points[k]
-        target_pts = entry_price + side * take_profit_points[k]
-        exit_idx, price, reason = find_exit_bars_nb(
-            timestamp_ns, bid_pts, ask_pts, hole_after,
-            entry, side, stop_pts, target_pts, horizon_end_ns[k], n_ticks,
-            bar_first, bar_last, bar_bid_low_pts, bar_bid_high_pts, bar_ask_low_pts,
-            bar_ask_high_pts, bar_has_hole, bar_end_ns,
-        )
-        out_idx[k] = exit_idx
-        out_price[k] = price
-        out_reason[k] = reason
-    return out_idx, out_price, out_reason
+from numba import njit
 
 
 @njit(cache=True)

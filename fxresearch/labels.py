@@ -63,8 +63,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fxresearch._fill_kernels import DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, STOP_LOSS, TAKE_PROFIT
-from fxresearch._label_kernels import add_open_minutes_nb, label_entries_nb, wilder_atr_nb
+from fxresearch._fill_kernels import (
+    DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, STOP_LOSS, TAKE_PROFIT, label_entries_nb,
+)
+from fxresearch._label_kernels import add_open_minutes_nb, wilder_atr_nb
 from fxresearch.config import Config, LabelsConfig
 from fxresearch.fills import TickArrays, horizon_to_ns, points_to_pips, points_to_price, prepare_tick_arrays
 from fxresearch.instruments import Instrument
