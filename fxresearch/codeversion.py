@@ -28,7 +28,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "backtest_results": (
         "search", "strategies", "user_templates", "backtest", "_backtest_kernels", "fills",
         "_fill_kernels", "costs", "conversion", "metrics", "_metrics_kernels", "daily",
-        "_daily_kernels", "validation", "timeutil",
+        "_daily_kernels", "validation", "timeutil", "refit",
     ),
 }
 

@@ -211,6 +211,8 @@ class SearchConfig:
     no_entry_windows: tuple[tuple[str, str], ...] = (("16:55", "17:10"),)
     # Folder of user template files (see docs/user_templates.md); "" loads none.
     user_templates_dir: str = ""
+    # Re-mine patterns and refit regimes per walk-forward block, so in-sample signals never use later data.
+    refit_per_fold: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_entry_spread_pips", "max_entry_delay_minutes"):

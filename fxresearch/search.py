@@ -187,6 +187,9 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     # User templates are loaded here, in the pair's process: their functions cannot be pickled.
     user_templates = load_user_templates(search.user_templates_dir) if search.user_templates_dir else {}
     strategies = generate_strategies(search, context.available(), user_templates)
+    segments, refit_report = _refit_segments(ctx, context, strategies, user_templates)
+    if segments is not None:
+        context = dataclasses.replace(context, segments=segments)
     signals = _compute_signal_grid(ctx.pair_year, strategies, context, user_templates)
     logger.info("%s: %d strategies from %d signal sets on %d bars of %d minutes",
                 ctx.pair_year, len(strategies), len(signals), len(bars), timeframe_min)
@@ -246,6 +249,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     if ranking["reason"]:
         logger.warning("%s: ranked by %s: %s", ctx.pair_year, ranking["by"], ranking["reason"])
     report["ranking"] = ranking
+    report["refit"] = refit_report
     results = results[list(result_columns())]
     artifacts.write_frame(results_path, results, metadata)
 
@@ -273,6 +277,59 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     return {"files": [results_path.name, trades_path.name, report_path.name], "n_strategies": len(strategies),
             "n_trades": int(len(trades)), "seconds": seconds, "insufficient_data": None,
             "pbo": report["pbo"]["value"], "effective_trials": report["effective_trials"], "entry_skips": skips}
+
+
+def _refit_segments(ctx: PairContext, context: Any, strategies: list[Any],
+                    user_templates: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Return the signal segments with per-block patterns and regimes, and the ``refit`` report section.
+
+    With ``search.refit_per_fold`` (the default), the families that read patterns or regimes
+    take them, for each in-sample bar, from a fit on data before the bar's walk-forward test
+    block (``fxresearch.refit``). Bars before the first block, and every in-sample bar when no
+    block fits, get no signal from those families. Holdout bars use the research base's
+    patterns and regimes. With the switch off (segments None), every bar uses the research
+    base's, chosen on the whole training part, so those families' in-sample figures are
+    measured on the data that chose their patterns and regimes.
+    """
+    from fxresearch.bars import timeframe_name
+    from fxresearch.base import feature_timeframes, label_timeframes
+    from fxresearch.refit import disabled_report, in_sample_day_numbers, refit_per_block
+    from fxresearch.strategies import INPUT_PATTERNS, INPUT_REGIMES, TEMPLATES
+
+    config = ctx.config
+    templates = {**TEMPLATES, **user_templates}
+    families = sorted({s.family for s in strategies
+                       if templates[s.family].requires & {INPUT_PATTERNS, INPUT_REGIMES}})
+    if not config.search.refit_per_fold:
+        logger.warning("%s: search.refit_per_fold is false: in-sample signals of %s use patterns and regimes "
+                       "chosen on the whole training part", ctx.pair_year, ", ".join(families) or "no family")
+        report = disabled_report("search.refit_per_fold is false, so in-sample signals of pattern and regime "
+                                 "families use patterns and regimes chosen on the whole training part, the "
+                                 "same data their in-sample figures are measured on (look-ahead)")
+        report["families"] = families
+        return None, report
+    if not families:
+        report = disabled_report("no strategy family of this search reads patterns or regimes")
+        report["families"] = []
+        return None, report
+
+    # Every labelled timeframe with features is mined, as in the patterns stage, so the
+    # false-discovery correction of each block covers the same conditions.
+    with_features = set(feature_timeframes(config))
+    labels: dict[int, Any] = {}
+    for timeframe_min in label_timeframes(config):
+        path = ctx.out_dir / "labels" / f"{timeframe_name(timeframe_min)}.parquet"
+        if timeframe_min in with_features and path.exists():
+            labels[timeframe_min] = path
+    features = {timeframe_min: ctx.features(timeframe_min) for timeframe_min in labels}
+    regime_features = ctx.features(config.regimes.timeframe_min)
+    split_ns = ctx.split_ns()
+    result = refit_per_block(features, labels, regime_features, in_sample_day_numbers(ctx.ticks.timestamp_ns, split_ns),
+                             split_ns, config, ctx.instrument.pip_size, context.patterns_doc, context.regimes,
+                             pair_year=ctx.pair_year)
+    report = dict(result.report)
+    report["families"] = families
+    return result.segments, report
 
 
 # A grid stage logs its progress at most this often, and at least at every tenth of its work.

@@ -17,6 +17,12 @@ Market assumptions shared by every family:
 Signals depend on the family and parameters only, never on the stop-loss and take-profit, so
 ``compute_signals`` caches them per (family, params) in the ``SignalContext`` and the SL/TP
 variants of one parameter set share one array.
+
+Mined patterns and fitted regimes are chosen on past data, so a bar may only use ones chosen
+before it. A context with ``segments`` (see ``SignalSegment`` and ``fxresearch.refit``) gives
+each span of bars its own pattern document and regime table. A family that reads patterns or
+regimes is then computed once per segment, and each bar keeps the value of its own segment.
+Bars in no segment get no signal from such a family.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ INPUT_BARS = "bars"
 INPUT_FEATURES = "features"
 INPUT_REGIMES = "regimes"
 INPUT_PATTERNS = "patterns"
+# Inputs chosen on past data; with ``SignalContext.segments`` each bar takes them from its segment.
+_SEGMENTED_INPUTS = frozenset({INPUT_REGIMES, INPUT_PATTERNS})
 
 # Tokens that select regimes by name in ``regime_ma_cross``: a bar is allowed when its regime
 # name contains the token (``fxresearch.regimes`` names them like ``trend_up_high_vol`` or ``range_low_vol``).
@@ -100,6 +108,20 @@ def params_to_json(params: Mapping[str, Any]) -> str:
     return json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class SignalSegment:
+    """Patterns and regimes for the bars whose open lies in ``[start_ns, end_ns)``.
+
+    ``patterns_doc`` and ``regimes`` were chosen on data before ``start_ns`` (for the holdout
+    segment, on the whole training part). Either may be None when there are none for this span.
+    """
+
+    start_ns: int
+    end_ns: int
+    patterns_doc: Mapping[str, Any] | None
+    regimes: pd.DataFrame | None
+
+
 @dataclass
 class SignalContext:
     """Inputs of the signal functions for one pair and one timeframe, with a signal cache.
@@ -109,6 +131,11 @@ class SignalContext:
     ``regimes_timeframe_min``: a bar gets the regime of the last regime bar that closed at or
     before its own close. ``patterns_doc`` is the train-selected pattern document read by
     ``fxresearch.patterns.apply_patterns``.
+
+    ``segments``, when set, replaces ``patterns_doc`` and ``regimes`` for the families that
+    read them: each bar takes them from the segment containing its open, and bars outside
+    every segment get no signal from those families. ``patterns_doc`` and ``regimes`` still
+    decide which families are available.
     """
 
     bars: pd.DataFrame
@@ -118,6 +145,7 @@ class SignalContext:
     regimes: pd.DataFrame | None = None
     regimes_timeframe_min: int | None = None
     patterns_doc: Mapping[str, Any] | None = None
+    segments: tuple[SignalSegment, ...] | None = None
     cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
     # Mid prices and aligned tables shared by the signal functions.
     derived: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -135,6 +163,11 @@ class SignalContext:
             raise ValueError(f"timeframe_min must be a positive number of minutes, got {self.timeframe_min}")
         if self.regimes is not None and self.regimes_timeframe_min is None:
             raise ValueError("regimes_timeframe_min is required with regimes; pass config.regimes.timeframe_min.")
+        if self.segments is not None:
+            _check_segments(self.segments, self.regimes_timeframe_min)
+            if (np.diff(self.open_ns()) <= 0).any():
+                raise ValueError("Bars must be in strictly increasing time order to be split into signal "
+                                 "segments; sort them by timestamp and drop duplicates.")
 
     def available(self) -> set[str]:
         """Return the inputs this context contains: bars always, and features, regimes and patterns when set."""
@@ -174,6 +207,65 @@ class SignalContext:
         if self.regimes_timeframe_min is None:
             raise ValueError("This SignalContext has regimes but no regimes_timeframe_min; set the regime bar length.")
         return _regime_names_on_bars(self, self.regimes, self.regimes_timeframe_min)
+
+
+def _check_segments(segments: tuple[SignalSegment, ...], regimes_timeframe_min: int | None) -> None:
+    """Raise unless the segments are ordered, do not overlap and have a regime timeframe when needed."""
+    previous_end: int | None = None
+    for segment in segments:
+        if not segment.start_ns < segment.end_ns:
+            raise ValueError(f"Signal segment [{segment.start_ns}, {segment.end_ns}) is empty; "
+                             f"start_ns must be before end_ns.")
+        if previous_end is not None and segment.start_ns < previous_end:
+            raise ValueError(f"Signal segment starting at {segment.start_ns} overlaps the previous one, "
+                             f"which ends at {previous_end}; pass segments in time order without overlap.")
+        if segment.regimes is not None and regimes_timeframe_min is None:
+            raise ValueError("regimes_timeframe_min is required with segment regimes; "
+                             "pass config.regimes.timeframe_min.")
+        previous_end = segment.end_ns
+
+
+def _segment_context(context: SignalContext, segment: SignalSegment, index: int) -> SignalContext:
+    """Return the context of one segment: the parent's bars and features with the segment's inputs.
+
+    Built once per segment and kept in ``context.derived``, so families without patterns or
+    regimes that a segmented family calls (``ma_cross`` in ``regime_ma_cross``) are cached too.
+    """
+    children = context.derived.setdefault("segment_contexts", {})
+    if index not in children:
+        if context.features is not None:
+            _features_on_bars(context, context.features)
+        child = SignalContext(
+            bars=context.bars, timeframe_min=context.timeframe_min, instrument=context.instrument,
+            features=context.features, regimes=segment.regimes,
+            regimes_timeframe_min=context.regimes_timeframe_min, patterns_doc=segment.patterns_doc,
+        )
+        # Mid prices and features on bars do not depend on the segment, so they are shared.
+        for name in ("mid_high", "mid_low", "mid_close", "features_on_bars"):
+            if name in context.derived:
+                child.derived[name] = context.derived[name]
+        children[index] = child
+    return children[index]
+
+
+def _segmented_signals(family: str, params: Mapping[str, Any], context: SignalContext,
+                       segments: tuple[SignalSegment, ...], template: Template,
+                       user_templates: Mapping[str, Template] | None) -> np.ndarray:
+    """Compute a pattern or regime family per segment; each bar keeps its own segment's value."""
+    open_ns = context.open_ns()
+    signal = np.zeros(len(open_ns), dtype=np.int8)
+    for index, segment in enumerate(segments):
+        # Bars are in time order, so a segment's bars are one slice.
+        first, stop = np.searchsorted(open_ns, [segment.start_ns, segment.end_ns], side="left")
+        if first == stop:
+            continue
+        child = _segment_context(context, segment, index)
+        # A segment without the inputs (no patterns mined before it, too few bars for regimes)
+        # gives no signal, as a pair without them gives no strategies of the family.
+        if not template.requires <= child.available():
+            continue
+        signal[first:stop] = compute_signals(family, params, child, user_templates)[first:stop]
+    return signal
 
 
 def _has_patterns(patterns_doc: Mapping[str, Any], timeframe_min: int) -> bool:
@@ -535,6 +627,11 @@ def compute_signals(family: str, params: Mapping[str, Any], context: SignalConte
     cached = context.cache.get(key)
     if cached is None:
         template = templates[family]
+        if context.segments is not None and template.requires & _SEGMENTED_INPUTS:
+            cached = _segmented_signals(family, params, context, context.segments, template, user_templates)
+            cached.setflags(write=False)
+            context.cache[key] = cached
+            return cached
         try:
             output = template.signal(context, **params)
         except Exception as exc:
