@@ -351,7 +351,7 @@ def test_duplicates_match_row_by_row_reference(tmp_path: Path) -> None:
 
     expected = _reference_clean(seconds, bid, ask)
     got = list(zip(((ticks.timestamp_ns - WINTER_NS) // NS_PER_SECOND).tolist(),
-                   ticks.bid.tolist(), ticks.ask.tolist()))
+                   ticks.bid.tolist(), ticks.ask.tolist(), strict=True))
     assert got == expected
     assert ticks.report["duplicates_dropped"] == 600 - len(expected)
     assert ticks.report["duplicates_dropped"] > 100
