@@ -14,8 +14,8 @@ patterns and a regime model of its own, chosen on data before the block starts:
 Market and data assumptions:
 
 - A block starts at 17:00 New York time, the start of its first trading day
-  (``timeutil.trading_day_ns``), and ends where the next block starts; the last one ends at
-  the pair's split.
+  (``timeutil.trading_day_ns``). It ends where the next block starts, and the last one ends
+  at the pair's split.
 - A block is fitted on the span from the start of its fold's first training day (day 0 of the
   in-sample part for the ``anchored`` scheme, the rolling window's first day for ``rolling``)
   to the block's start. A label is used only when its ``exit_time`` is before the block's
@@ -198,7 +198,7 @@ def refit_per_block(features_by_timeframe: Mapping[int, pd.DataFrame],
     RefitResult
         The blocks, the segments for ``SignalContext.segments`` (blocks in time order, then
         the holdout from ``split_ns`` on) and the report section. With no block, the only
-        segment is the holdout and ``report["reason"]`` says why.
+        segment is the holdout and ``report["reason"]`` gives the cause.
     """
     started = time.perf_counter()
     split_ns = int(split_ns)

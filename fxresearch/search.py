@@ -169,6 +169,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
             "pair_year": ctx.pair_year, "synthetic": ctx.is_synthetic, "n_strategies": 0, "n_trades": 0,
             "split_ns": split_ns, "timeframe_min": timeframe_min, "pip_size": ctx.instrument.pip_size,
             "insufficient_data": reason,
+            "refit": {"enabled": bool(search.refit_per_fold), "reason": f"no strategy search: {reason}", "blocks": []},
         })
         return {"files": [results_path.name, trades_path.name, report_path.name], "n_strategies": 0,
                 "n_trades": 0, "seconds": time.perf_counter() - started, "insufficient_data": reason}

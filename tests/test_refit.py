@@ -81,7 +81,7 @@ def _synthetic_market(weeks: int = 8, seed: int = 3) -> tuple[pd.DataFrame, pd.D
         bars[f"{side}_low"] = np.minimum(previous, mid) - 0.0001 + offset
         bars[f"{side}_close"] = mid + offset
 
-    # Volatility switches between two levels by trading day, so the regime model finds two.
+    # Volatility switches between two levels by trading day, so the regimes differ by day.
     day = trading_day_ns(open_ns)
     level = rng.integers(0, 2, day.max() - day.min() + 1)[day - day.min()]
     rv = np.exp(-8.0 + level + rng.normal(0.0, 0.1, n_bars))
@@ -267,8 +267,8 @@ def test_trading_day_start_is_new_york_five_pm():
 
 # ---------------------------------------------------------------------------------------------
 # Search-light runs. No edge exists in the sample or in the short real files, so the miner is
-# wrapped to write one pattern per bin of ``rsi_14`` (long on even bins, short on odd ones):
-# pattern_entry then signals on most bars and its trades show where patterns were applied.
+# wrapped to write one pattern per bin of ``rsi_14``, long on even bins and short on odd ones.
+# pattern_entry then signals on most bars, and its trades show where patterns were applied.
 
 
 def _mine_with_rsi_patterns(*args: Any, **kwargs: Any) -> dict[str, Any]:
