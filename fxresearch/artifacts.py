@@ -20,8 +20,9 @@ import logging
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -135,13 +136,19 @@ def remove_temp_files(folder: str | Path, pids: set[int] | None = None) -> list[
 
 
 def _process_exists(pid: int) -> bool:
+    """Return True when ``pid`` runs; a zombie (exited, not yet reaped) does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, owned by another user
         return True
-    return True
+    # In a container whose first process does not reap orphans, a killed writer stays a zombie.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def write_json_atomic(path: str | Path, document: Any) -> None:
@@ -172,10 +179,24 @@ def write_parquet_atomic(path: str | Path, table: pd.DataFrame | pa.Table,
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(merged)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty temporary file beside ``path``; rename it to ``path`` when the block succeeds.
+
+    For files written in parts (a parquet writer appending chunks). The temporary name is
+    this process's (``temp_path_for``), so ``remove_temp_files`` cleans it up after a killed
+    run. On an exception the temporary file is removed, and an OSError becomes an
+    OutputWriteError naming the path and the fix.
+    """
+    path = Path(path)
     fd, tmp = _atomic_target(path)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

@@ -51,8 +51,6 @@ never held at once.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +61,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fxresearch import artifacts
 from fxresearch._fill_kernels import (
     DATA_GAP, END_OF_DATA, HORIZON, NO_ENTRY, STOP_LOSS, TAKE_PROFIT, label_entries_nb,
 )
@@ -320,28 +319,23 @@ def write_labels(
     file_metadata.update({"barrier_mode": labels_config.barrier_mode, "horizon_clock": labels_config.horizon_clock})
     counts = np.zeros(len(OUTCOMES), dtype=np.int64)
     rows = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     writer: pq.ParquetWriter | None = None
-    try:
-        chunks = iter_label_chunks(ticks_timestamp_ns, bid, ask, bars, timeframe_min, config, instrument, arrays)
-        for chunk in chunks:
-            table = _to_arrow(chunk, file_metadata)
+    with artifacts.atomic_path(path) as tmp:
+        try:
+            chunks = iter_label_chunks(ticks_timestamp_ns, bid, ask, bars, timeframe_min, config, instrument, arrays)
+            for chunk in chunks:
+                table = _to_arrow(chunk, file_metadata)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+                counts += np.bincount(chunk["outcome"].cat.codes.to_numpy(), minlength=len(OUTCOMES))
+                rows += len(chunk)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table)
-            counts += np.bincount(chunk["outcome"].cat.codes.to_numpy(), minlength=len(OUTCOMES))
-            rows += len(chunk)
-        if writer is None:
-            writer = pq.ParquetWriter(tmp, _to_arrow(empty_labels(), file_metadata).schema, compression="zstd")
-        writer.close()
-        writer = None
-        os.replace(tmp, path)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                writer = pq.ParquetWriter(tmp, _to_arrow(empty_labels(), file_metadata).schema, compression="zstd")
+        finally:
+            # Closed before the rename, and on failure before the temporary file is removed.
+            if writer is not None:
+                writer.close()
     return {"rows": rows, "outcome_counts": {name: int(n) for name, n in zip(OUTCOMES, counts, strict=True) if n}}
 
 

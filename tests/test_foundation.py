@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,3 +173,31 @@ def test_hourly_conversion_equals_per_tick_conversion():
     for values, order in ((timestamp_ns, slice(None)), (np.sort(timestamp_ns), np.argsort(timestamp_ns))):
         np.testing.assert_array_equal(trading_day_ns(values), expected_day[order])
         np.testing.assert_array_equal(in_weekend_close(values), np.asarray(expected_closed)[order])
+
+
+def test_temp_file_of_zombie_writer_is_removed(tmp_path):
+    """A killed writer that stays a zombie (nobody reaped it) counts as gone."""
+    import subprocess
+    import sys
+    import time
+
+    from fxresearch.artifacts import remove_temp_files, temp_path_for
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    # Not waited for, so it stays a zombie once it exits.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    target = tmp_path / "bars" / "M1.parquet"
+    target.parent.mkdir()
+    leftover = temp_path_for(target).with_name(f".M1.parquet.{child.pid}.{'0' * 32}.tmp")
+    leftover.write_bytes(b"half")
+    mine = temp_path_for(target)
+    mine.write_bytes(b"running")
+
+    removed = remove_temp_files(tmp_path)
+    child.wait()
+    assert removed == [leftover]
+    assert mine.exists()

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fxresearch.artifacts import write_json_atomic
+from fxresearch.artifacts import atomic_path, write_json_atomic
 from fxresearch.importing.common import (
     MAX_TIMESTAMP_NS,
     MIN_TIMESTAMP_NS,
@@ -298,22 +296,17 @@ def duplicate_mask(timestamp_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) -
 def _atomic_parquet_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     """Stream a parquet file under a temporary name beside ``path`` and rename it into place on success.
 
-    The same rule as ``fxresearch.artifacts.write_parquet_atomic``, for a file written in
-    parts, so a killed conversion never leaves a half-written ``PAIR_YEAR.parquet``.
+    ``fxresearch.artifacts.atomic_path`` gives the temporary name, so a killed conversion never
+    leaves a half-written ``PAIR_YEAR.parquet``, and its leftovers are recognised as temporary.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # Delta encoding stores sorted timestamps in a few bits each.
-    writer = pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=["bid", "ask"],
-                              column_encoding={"timestamp": "DELTA_BINARY_PACKED"})
-    try:
-        yield writer
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        # Delta encoding stores sorted timestamps in a few bits each.
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd", use_dictionary=["bid", "ask"],
+                                  column_encoding={"timestamp": "DELTA_BINARY_PACKED"})
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
 def write_output(output: PendingOutput, output_dir: Path, metadata: dict[str, str]) -> dict[str, Any]:
