@@ -11,7 +11,8 @@ row it changed or dropped:
   are dropped as invalid, and more than ``config.ticks.max_invalid_fraction`` of them fails
   the pair. A zero spread (bid equal to ask) is a valid quote and is only counted;
 - when fewer than half of the kept ticks fall in the UTC year of the file name, the file
-  loads with a warning in the report, because its name is probably wrong.
+  loads with a warning in the report, because its name is probably wrong; below a tenth
+  the pair fails, since its results would be filed under the wrong year.
 
 The work is vectorised over whole columns, because a year of ticks can hold 50 million rows.
 """
@@ -549,11 +550,17 @@ def _check_weekend_close(timestamp_ns: np.ndarray, warnings: list[str]) -> int:
     return n_closed
 
 
+# A file with fewer than this share of its ticks in the year of its name fails: its results
+# would be filed under the wrong year.
+MIN_YEAR_SHARE = 0.1
+
+
 def _check_year(timestamp_ns: np.ndarray, year: int, path: Path, warnings: list[str]) -> None:
-    """Add a warning when fewer than half of the sorted ticks fall in the file name's UTC year.
+    """Warn when fewer than half of the sorted ticks fall in the file name's UTC year; fail below a tenth.
 
     A file may start before its year, for example at the Sunday-evening open on 31 December
     at 22:00 UTC, so the check only flags a file whose ticks are mostly of another year.
+    Raises TickDataError when fewer than ``MIN_YEAR_SHARE`` of them are in that year.
     """
     year_start_ns, year_end_ns = datetime_to_ns([f"{year}-01-01", f"{year + 1}-01-01"])
     n_ticks = len(timestamp_ns)
@@ -561,11 +568,14 @@ def _check_year(timestamp_ns: np.ndarray, year: int, path: Path, warnings: list[
     if 2 * n_in_year >= n_ticks:
         return
     first, last = ns_to_datetime(timestamp_ns[[0, -1]])
-    warnings.append(
+    message = (
         f"{n_in_year} of {n_ticks} ticks ({n_in_year / n_ticks:.1%}) fall in {year} UTC, the year in "
         f"the file name {path.name}; the ticks run from {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} "
         f"UTC. Rename the file to the year its ticks cover"
     )
+    if n_in_year < MIN_YEAR_SHARE * n_ticks:
+        raise TickDataError(f"Tick file {path}: {message}.")
+    warnings.append(message)
 
 
 def _build_report(path: Path, pair_year: str, symbol: str, instrument: Instrument, rows_read: int,

@@ -433,19 +433,15 @@ def _hourly_file(folder: Path, name: str, timestamp_ns: list[int]) -> Path:
     return _write(folder, name, {"timestamp": _utc(timestamp_ns), "bid": [1.1] * n, "ask": [1.1001] * n})
 
 
-def test_ticks_of_other_year_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_ticks_of_other_year_fail(tmp_path: Path) -> None:
     path = _hourly_file(tmp_path, "EURUSD_2024.parquet", _hourly_ns("2019-03-04", 10))
-    with caplog.at_level("WARNING", logger="fxresearch.ticks"):
-        ticks = load_ticks(path, Config())
-    assert ticks.report["rows_kept"] == 10
-    assert ticks.year == 2024
-    assert len(ticks.report["warnings"]) == 1
-    warning = ticks.report["warnings"][0]
-    assert "0 of 10 ticks (0.0%)" in warning
-    assert "2024" in warning
-    assert "2019-03-04" in warning
-    assert "EURUSD_2024.parquet" in warning
-    assert warning in caplog.text
+    with pytest.raises(TickDataError) as error:
+        load_ticks(path, Config())
+    message = str(error.value)
+    assert "0 of 10 ticks (0.0%) fall in 2024 UTC" in message
+    assert "2019-03-04" in message
+    assert "EURUSD_2024.parquet" in message
+    assert "Rename the file to the year its ticks cover" in message
 
 
 def test_ticks_mostly_of_other_year_warn(tmp_path: Path) -> None:
