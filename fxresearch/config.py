@@ -360,6 +360,8 @@ class ValidationConfig:
     max_pbo_combinations: int = 12870
     # The ranking score is NaN for strategies with fewer trades than this in-sample or out-of-sample.
     min_trades: int = 30
+    # Without any score, strategies with fewer in-sample trades than this rank after the rest.
+    fallback_min_trades: int = 10
     random_state: int = 7
 
     def __post_init__(self) -> None:

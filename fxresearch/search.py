@@ -120,21 +120,30 @@ def _empty_results() -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in result_columns().items()})
 
 
-def rank_results(results: pd.DataFrame) -> tuple[np.ndarray, dict[str, str]]:
+def rank_results(results: pd.DataFrame, fallback_min_trades: int = 0) -> tuple[np.ndarray, dict[str, str]]:
     """Return each strategy's rank (1 is best) and how the ranking was made.
 
     The ranking uses the deflated Sharpe score. Where no strategy has one (fewer than 20
     in-sample days or 30 trades in a period), it falls back to the in-sample daily Sharpe
-    ratio, then to in-sample total pips, and records that in the returned description.
+    ratio, then to in-sample total pips, and records that in the returned description. In
+    the fallback, strategies with fewer than ``fallback_min_trades`` in-sample trades rank
+    after all the others, so a lucky single trade does not top the table.
     """
     by = next((key for key in RANKING_KEYS if np.isfinite(results[key].to_numpy(np.float64)).any()),
               RANKING_KEYS[-1])
     keys = list(RANKING_KEYS[RANKING_KEYS.index(by):])
-    order = results.sort_values(keys, ascending=False, na_position="last", kind="stable").index.to_numpy()
+    frame = results[keys].copy()
+    sort_keys = keys
+    few_trades = ""
+    if by != "score" and fallback_min_trades > 0 and "n_trades_is" in results:
+        frame["_enough_trades"] = results["n_trades_is"].to_numpy() >= fallback_min_trades
+        sort_keys = ["_enough_trades", *keys]
+        few_trades = f"; strategies with fewer than {fallback_min_trades} in-sample trades rank after the rest"
+    order = frame.sort_values(sort_keys, ascending=False, na_position="last", kind="stable").index.to_numpy()
     rank = np.empty(len(results), dtype=np.int64)
     rank[order] = np.arange(1, len(results) + 1)
     reason = "" if by == "score" else (
-        "no strategy has a score: it needs 20+ in-sample days and 30+ trades in each period")
+        "no strategy has a score: it needs 20+ in-sample days and 30+ trades in each period" + few_trades)
     return rank, {"by": by, "then": ", ".join(keys[1:]), "reason": reason}
 
 
@@ -246,7 +255,7 @@ def _build_results(ctx: PairContext, workers: int) -> dict[str, Any]:
     results["label_win_rate_is"], results["label_coverage_is"] = _label_meta(ctx, trades, strategies, bars)
     results["pip_size"] = ctx.instrument.pip_size
     results["usd_rate_source"] = _pair_rate_source(costs)
-    results["rank"], ranking = rank_results(results)
+    results["rank"], ranking = rank_results(results, config.validation.fallback_min_trades)
     if ranking["reason"]:
         logger.warning("%s: ranked by %s: %s", ctx.pair_year, ranking["by"], ranking["reason"])
     report["ranking"] = ranking

@@ -284,6 +284,22 @@ def test_rank_falls_back_without_scores():
     assert ranking["reason"] == ""
 
 
+def test_fallback_rank_puts_few_trades_last():
+    from fxresearch.search import rank_results
+
+    # The one-trade strategy has the most pips but ranks after the two with enough trades.
+    results = pd.DataFrame({"score": [np.nan] * 3, "sharpe_is": [np.nan] * 3,
+                            "total_pips_is": [35.5, 20.0, -4.0], "n_trades_is": [1, 12, 15]})
+    rank, ranking = rank_results(results, fallback_min_trades=10)
+    assert list(rank) == [3, 1, 2]
+    assert "fewer than 10 in-sample trades rank after the rest" in ranking["reason"]
+
+    # With a score, the trade count changes nothing: the score already needs 30 trades.
+    results["score"] = [0.9, 0.1, 0.5]
+    rank, ranking = rank_results(results, fallback_min_trades=10)
+    assert list(rank) == [1, 3, 2]
+
+
 def test_search_without_any_trade_writes_results(sample_file, tmp_path):
     # A spread cap below every quote skips every signal: no trade at all, still a result.
     config = replace(Config(), search=replace(SMALL_SEARCH, max_entry_spread_pips=0.01))
