@@ -64,6 +64,8 @@ class ImportOptions:
     detecting it. ``server_tz`` is the MetaTrader server's zone, ``source_tz`` the zone of
     zone-less times in a generic CSV or of a LEAN or re-encoded file whose vendor is unknown.
     Both accept an IANA name (``Europe/Athens``) or a fixed offset (``UTC+2``, ``-05:00``).
+    An output that already exists is merged with the new ticks, or replaced when
+    ``overwrite`` is set.
     """
 
     file_format: str | None = None
@@ -71,6 +73,7 @@ class ImportOptions:
     source_tz: str | None = None
     block_bytes: int = DEFAULT_BLOCK_BYTES
     config: Config | None = None
+    overwrite: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +362,8 @@ class TickChunk:
     ``timestamp_ns`` contains int64 UTC nanoseconds, ``bid`` and ``ask`` float64 prices in
     quote currency (NaN where missing). ``dropped`` counts rows dropped before this point,
     by reason (an unreadable time, say); ``rows_read`` counts every row of the block.
+    ``zone_rows`` counts the rows whose time carried its own zone (``"own zone"``) and those
+    read with ``--source-tz`` (``"source tz"``), for formats where both may occur.
     """
 
     timestamp_ns: np.ndarray
@@ -366,6 +371,7 @@ class TickChunk:
     ask: np.ndarray
     rows_read: int
     dropped: Counter[str] = field(default_factory=Counter)
+    zone_rows: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass

@@ -118,13 +118,20 @@ def _chunks(source: Source, options: ImportOptions, head: TextHead, names: list[
         if content_symbol is not None:
             check_one_symbol(batch.column(names[roles["symbol"]]), content_symbol, source)  # type: ignore[index]
         times = pc.utf8_trim_whitespace(_times(batch, names, roles))
-        utc_ns, valid, dropped = _parse_times(times, rule, source)
-        yield make_chunk(utc_ns, valid, prices_to_float(batch.column(names[roles["bid"]])),  # type: ignore[index]
-                         prices_to_float(batch.column(names[roles["ask"]])), dropped)  # type: ignore[index]
+        utc_ns, valid, dropped, zone_rows = _parse_times(times, rule, source)
+        chunk = make_chunk(utc_ns, valid, prices_to_float(batch.column(names[roles["bid"]])),  # type: ignore[index]
+                           prices_to_float(batch.column(names[roles["ask"]])), dropped)  # type: ignore[index]
+        chunk.zone_rows = zone_rows
+        yield chunk
 
 
-def _parse_times(times: pa.Array, rule: ZoneRule | None, source: Source) -> tuple[np.ndarray, np.ndarray, Counter[str]]:
-    """Parse text or epoch times of one batch into UTC ns, a validity mask and dropped counts."""
+def _parse_times(times: pa.Array, rule: ZoneRule | None,
+                 source: Source) -> tuple[np.ndarray, np.ndarray, Counter[str], Counter[str]]:
+    """Parse text or epoch times of one batch into UTC ns, a validity mask, dropped counts and zone counts.
+
+    The zone counts tell the rows whose text carried a zone from those read with ``rule``
+    (``--source-tz``), so a file that mixes the two can be reported.
+    """
     first = next((value for value in times.slice(0, 1000).to_pylist() if value), None)
     if first is not None and _EPOCH_RE.match(first):
         unit_ns = _EPOCH_NS_PER_UNIT[len(first)]
@@ -136,7 +143,11 @@ def _parse_times(times: pa.Array, rule: ZoneRule | None, source: Source) -> tupl
         dropped: Counter[str] = Counter()
         if not valid.all():
             dropped["unreadable timestamp"] += int(np.count_nonzero(~valid))
-        return np.where(valid, values * unit_ns, 0), valid, dropped
+        return np.where(valid, values * unit_ns, 0), valid, dropped, Counter()
     clock = parse_wall_clock(times, TIME_PATTERN)
+    zone_rows: Counter[str] = Counter()
+    if clock.has_offset is not None:
+        zone_rows["own zone"] = int(np.count_nonzero(clock.valid & clock.has_offset))
+        zone_rows["source tz"] = int(np.count_nonzero(clock.valid & ~clock.has_offset))
     utc_ns, dropped = clock_to_utc(clock, rule, source, times)
-    return utc_ns, clock.valid, dropped
+    return utc_ns, clock.valid, dropped, zone_rows

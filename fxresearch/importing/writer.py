@@ -68,6 +68,7 @@ class InputStats:
     dropped: Counter[str] = field(default_factory=Counter)
     rows_reordered: int = 0
     rows_kept: int = 0
+    zone_rows: Counter[str] = field(default_factory=Counter)
     first_ns: int | None = None
     last_ns: int | None = None
     pair_years: set[str] = field(default_factory=set)
@@ -161,6 +162,7 @@ class Spool:
         for chunk in result.chunks:
             stats.rows_read += chunk.rows_read
             stats.dropped.update(chunk.dropped)
+            stats.zone_rows.update(chunk.zone_rows)
             chunk = _validate_chunk(chunk, stats.dropped)
             if len(chunk.timestamp_ns) == 0:
                 continue
@@ -309,13 +311,15 @@ def _atomic_parquet_writer(path: Path, schema: pa.Schema) -> Iterator[pq.Parquet
             writer.close()
 
 
-def write_output(output: PendingOutput, output_dir: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    """Merge the runs of one output into ``output_dir/PAIR_YEAR.parquet`` and write its report.
+def write_output(output: PendingOutput, output_dir: Path, metadata: dict[str, str], staging_dir: Path,
+                 existing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the runs of one output into ``staging_dir/PAIR_YEAR.parquet`` and return its report.
 
-    Returns the report (also written as ``PAIR_YEAR_import_report.json`` beside the file).
+    ``install_output`` then moves the file to ``output_dir`` and writes the report beside it,
+    so an interrupted conversion replaces no output. ``existing`` describes the file of that
+    name already in ``output_dir``: ``{"action": "merged" or "replaced", "file", "rows"}``.
     """
     path = output_dir / f"{output.pair_year}.parquet"
-    replaced = path.exists()
     schema = TICK_SCHEMA.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
     rows_in = duplicates = written = 0
     first_ns = last_ns = None
@@ -332,7 +336,7 @@ def write_output(output: PendingOutput, output_dir: Path, metadata: dict[str, st
         writer.write_table(table)
         pending, pending_rows = [], 0
 
-    with _atomic_parquet_writer(path, schema) as writer:
+    with _atomic_parquet_writer(staging_dir / path.name, schema) as writer:
         for timestamp_ns, bid, ask in _merged_blocks(output.runs, MERGE_BLOCK_ROWS):
             rows_in += len(timestamp_ns)
             repeat = duplicate_mask(timestamp_ns, bid, ask)
@@ -349,16 +353,27 @@ def write_output(output: PendingOutput, output_dir: Path, metadata: dict[str, st
                 flush(writer)
         flush(writer)
 
-    report = _build_report(output, path, rows_in, duplicates, written, first_ns, last_ns, metadata, replaced)
-    write_json_atomic(output_dir / f"{output.pair_year}{REPORT_SUFFIX}", report)
-    logger.info("%s: wrote %d ticks to %s (%d exact duplicates dropped, from %d inputs)", output.pair_year,
-                written, path, duplicates, len(output.inputs))
-    return report
+    return _build_report(output, path, rows_in, duplicates, written, first_ns, last_ns, metadata, existing)
+
+
+def install_output(report: dict[str, Any], staging_dir: Path) -> None:
+    """Move an output written by ``write_output`` into place, then write its report beside it."""
+    path = Path(report["output"])
+    (staging_dir / path.name).replace(path)
+    write_json_atomic(path.with_name(f"{report['pair_year']}{REPORT_SUFFIX}"), report)
+    n_inputs = len(report["inputs"])
+    logger.info("%s: wrote %d ticks to %s (%d exact duplicates dropped, from %d %s)", report["pair_year"],
+                report["rows_written"], path, report["duplicates_dropped"], n_inputs, plural(n_inputs, "input"))
+
+
+def plural(count: int, noun: str) -> str:
+    """Return ``noun`` or its plural (an ``s`` added) to follow ``count``."""
+    return noun if count == 1 else f"{noun}s"
 
 
 def _build_report(output: PendingOutput, path: Path, rows_in: int, duplicates: int, written: int,
                   first_ns: int | None, last_ns: int | None, metadata: dict[str, str],
-                  replaced: bool) -> dict[str, Any]:
+                  existing: dict[str, Any] | None) -> dict[str, Any]:
     """Return the report of one output.
 
     ``rows_read``, ``invalid_dropped`` and ``rows_reordered`` add up the inputs that fed the
@@ -379,8 +394,17 @@ def _build_report(output: PendingOutput, path: Path, rows_in: int, duplicates: i
         warnings.append(f"inputs of several feeds were merged ({', '.join(feeds)}); they do not overlap in time, "
                         f"but their spreads may differ")
     split_inputs = [s.info.source.label for s in output.inputs if len(s.pair_years) > 1]
-    if split_inputs:
+    if len(split_inputs) == 1:
+        warnings.append("1 input spans two years; its rows_read counts in each year's report")
+    elif split_inputs:
         warnings.append(f"{len(split_inputs)} inputs span two years; their rows_read counts in each year's report")
+    for stats in output.inputs:
+        own, from_option = stats.zone_rows["own zone"], stats.zone_rows["source tz"]
+        if own and from_option:
+            warnings.append(
+                f"{stats.info.source.label} mixes zones: {own} {plural(own, 'row')} carried their own zone and "
+                f"{from_option} {plural(from_option, 'row')} {'was' if from_option == 1 else 'were'} read with "
+                f"--source-tz ({stats.info.zone_rule}); check that the file does not mix two clocks")
     return {
         "output": str(path),
         "pair_year": output.pair_year,
@@ -397,7 +421,7 @@ def _build_report(output: PendingOutput, path: Path, rows_in: int, duplicates: i
         "vendor": metadata["vendor"],
         "variant": metadata["variant"],
         "tz_rule": json.loads(metadata["tz_rules"]),
-        "replaced_existing_file": replaced,
+        "existing_file": existing,
         "warnings": warnings,
         "inputs": [s.to_report() for s in output.inputs],
     }
@@ -417,6 +441,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"  invalid        {invalid_text}",
         f"  span (UTC)     {report['first_timestamp']} to {report['last_timestamp']}",
     ]
+    existing = report.get("existing_file")
+    if existing:
+        action = "merged with the existing" if existing["action"] == "merged" else "replaced"
+        lines.append(f"  existing file  {action} {existing['file']} ({existing['rows']:,} rows)")
     lines.extend(f"  note           {note}" for item in report["inputs"] for note in item["notes"])
     lines.extend(f"  warning        {warning}" for warning in report["warnings"])
     lines.append(f"  report         {Path(report['output']).with_name(report['pair_year'] + REPORT_SUFFIX)}")
