@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     conversion.add_argument("--source-tz", metavar="ZONE",
                             help="zone of times without one in a generic CSV, or of a LEAN or re-encoded parquet "
                                  "file of an unknown vendor: an IANA name or an offset such as UTC-5")
+    conversion.add_argument("--overwrite", action="store_true",
+                            help="replace an existing PAIR_YEAR.parquet of --output-dir instead of merging the new "
+                                 "ticks into it")
 
     vast = parser.add_argument_group("VAST mode")
     vast.add_argument("--parallel-pairs", type=_positive_int, metavar="N",
@@ -492,7 +495,7 @@ def run_convert(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     check_output_dir(args.output_dir)
     options = ImportOptions(file_format=args.import_format, server_tz=args.server_tz, source_tz=args.source_tz,
-                            config=config)
+                            config=config, overwrite=args.overwrite)
     try:
         reports = convert_files(inputs, args.output_dir, options)
     except ImportDataError as exc:
@@ -520,8 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if converting:
             return run_convert(args)
-        if args.csv is not None or args.import_format or args.server_tz or args.source_tz:
-            raise UsageError("--csv, --format, --server-tz and --source-tz only apply with --convert or --convert-only")
+        if args.csv is not None or args.import_format or args.server_tz or args.source_tz or args.overwrite:
+            raise UsageError("--csv, --format, --server-tz, --source-tz and --overwrite only apply with --convert or "
+                             "--convert-only")
         validate_args(args)
         config = _load_config(args.config)
         if args.job == "report":
@@ -532,7 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _exit_usage(str(exc), exc.hint)
     except KeyboardInterrupt:
-        sys.stderr.write("Interrupted; artifacts already written are kept and reused by the next run.\n")
+        if converting:
+            sys.stderr.write("Interrupted; no output file was replaced and the temporary files were removed. "
+                             "Rerun the same command to convert the inputs.\n")
+        else:
+            sys.stderr.write("Interrupted; artifacts already written are kept and reused by the next run.\n")
         return EXIT_INTERRUPTED
 
 

@@ -105,7 +105,7 @@ def convert_files(inputs: list[str | Path], output_dir: str | Path,
         staging_dir = Path(spool_dir) / "outputs"
         staging_dir.mkdir()
         spool = Spool(Path(spool_dir))
-        existing: dict[tuple[str, int], dict[str, Any]] = {}
+        existing: dict[tuple[str, int], dict[str, Any] | None] = {}
         try:
             all_stats = [_read_source(spool, source, options) for source in sources]
             check_feed_overlap(all_stats)
