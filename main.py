@@ -37,8 +37,10 @@ from fxresearch.storage import UrlPath, is_url, url_filesystem
 DEFAULT_INPUT_DIR = Path("data/parquet")
 DEFAULT_OUTPUT_DIR = Path("output")
 JOB_FLAGS = ("--generate-base", "--search-light", "--report")
-NO_MODE_MESSAGE = "Must specify either --generate-base or --search-light"
+NO_MODE_MESSAGE = "Must specify a job: --generate-base, --search-light, --convert or --report"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Exit code of a VAST run stopped by SIGTERM (128 + 15), after its summary.
+EXIT_TERMINATED = 143
 
 
 class UsageError(Exception):
@@ -365,8 +367,11 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
         scan = scan_input_dir(folder)
     except (OSError, ValueError) as exc:  # an fsspec URL that is missing or cannot be reached
         raise UsageError(str(exc), hint=False) from None
-    if not scan.valid and not scan.invalid:
-        raise UsageError(f"No parquet files found in {folder}", hint=False)
+    if not scan.valid:
+        shown = "; ".join(f"{bad.path.name}: {bad.reason}" for bad in scan.invalid[:3])
+        more = f" and {len(scan.invalid) - 3} more" if len(scan.invalid) > 3 else ""
+        raise UsageError(f"no valid PAIR_YEAR.parquet file in {folder}" + (f" ({shown}{more})" if shown else ""),
+                         hint=False)
 
     requested = args.pairs.split(",") if args.pairs is not None else None
     try:
@@ -406,17 +411,20 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
 
 
 def _select_failed(args: argparse.Namespace, selected: list) -> list:
-    """Keep the selected pairs that the last run's ledger marks failed (``--retry-failed``)."""
-    ledger, failed = resume.pairs_to_retry(args.output_dir)
+    """Keep the selected pairs that the last run's ledger marks failed, stopped or unfinished (``--retry-failed``)."""
+    ledger, to_retry = resume.pairs_to_retry(args.output_dir)
     if ledger is None:
         runs = vast_mode.run_state_dir(args.output_dir) / "runs"
         raise UsageError(f"--retry-failed: no run ledger in {runs}; run without it first",
                          hint=False)
-    retry = [pair_file for pair_file in selected if pair_file.pair_year in failed]
-    print(f"Retry failed:       {len(retry)} pairs marked failed in {ledger}"
-          + (f": {', '.join(f.pair_year for f in retry)}" if retry else ""))
+    retry = [pair_file for pair_file in selected if pair_file.pair_year in to_retry]
+    words = {"failed": "failed", "interrupted": "stopped by Ctrl-C or SIGTERM",
+             "started": "started and never ended (the run was killed)"}
+    detail = ", ".join(f"{f.pair_year} ({words.get(to_retry[f.pair_year], to_retry[f.pair_year])})" for f in retry)
+    print(f"Retry failed:       {len(retry)} pair{'' if len(retry) == 1 else 's'} failed or unfinished in {ledger}"
+          + (f": {detail}" if retry else ""))
     if not retry:
-        print("Nothing to retry: the last run has no failed pair among the selected ones.")
+        print("Nothing to retry: the last run has no failed, stopped or unfinished pair among the selected ones.")
     return retry
 
 
@@ -440,21 +448,24 @@ def _run_plan(args: argparse.Namespace, config: Config, resources: vast_mode.Res
 
     run_logs = _start_run_logs(args, on_cluster=executor is not None)
     print(f"Run log:            {run_logs.log_path}")
+    # Invalid files that --pairs does not select neither run nor count; the summary lists them as a note.
+    invalid, unselected = vast_mode.select_invalid(scan.invalid, args.pairs.split(",") if args.pairs else None)
     synthetic = {pair_year: info.synthetic for pair_year, info in plan.infos.items()}
     summary = vast_mode.run_vast_mode(
         list(plan.files), args.job, args.output_dir, config, plan.parallel_pairs, plan.workers_per_pair,
-        args.force_rerun, executor, invalid=scan.invalid, run_logs=run_logs, synthetic=synthetic, plan=plan,
+        args.force_rerun, executor, invalid=invalid, run_logs=run_logs, synthetic=synthetic, plan=plan,
         admission=admission, cost_per_hour=args.cost_per_hour,
     )
+    summary.unselected_invalid = [bad.path.name for bad in unselected]
     vast_mode.print_summary(summary, run_logs)
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if summary.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     if args.job == "search-light" and isinstance(args.output_dir, UrlPath):
         print(f"Report: not built for the URL output {args.output_dir}; copy it to a local folder and run "
               "--report --output-dir on that folder")
     elif args.job == "search-light":
         _write_report(args.output_dir)
-    return EXIT_OK if summary.failed == 0 else EXIT_FAILED
+    return EXIT_OK if summary.all_ok else EXIT_FAILED
 
 
 def _write_report(output_dir: Path) -> bool:
@@ -480,6 +491,10 @@ def run_report(args: argparse.Namespace) -> int:
     if not args.output_dir.is_dir():
         raise UsageError(f"Output folder not found: {args.output_dir}. Pass the --output-dir of a search-light run",
                          hint=False)
+    from fxresearch.leaderboard import pairs_with_results
+
+    if not pairs_with_results(args.output_dir):
+        raise UsageError(f"no search-light results in {args.output_dir}; run --search-light first", hint=False)
     return EXIT_OK if _write_report(args.output_dir) else EXIT_FAILED
 
 

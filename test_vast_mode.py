@@ -351,7 +351,8 @@ def test_banner_lists_invalid_and_duplicate_files(tmp_path):
     assert "INVALID GBPUSD_2013.parquet: Conflicting tick files for GBPUSD_2013" in banner
     for line in banner.splitlines():
         if line.startswith("  INVALID"):
-            assert "Expected PAIR_YEAR.parquet" in line, line
+            # The naming hint once where the name is wrong, never on two valid names that conflict.
+            assert line.count("Expected PAIR_YEAR.parquet") == ("Conflicting" not in line), line
     assert "CPU cores:          2" in banner
     assert "Parallel pairs:     1" in banner
     assert "Workers per pair:   2" in banner
@@ -366,14 +367,18 @@ def test_run_vast_mode_counts_invalid_and_duplicate_paths(tmp_path):
     out = io.StringIO()
     summary = vast_mode.run_vast_mode(paths, "generate-base", tmp_path / "out", Config(), 1, 1,
                                       stream=out, job_function=ok_job)
-    by_pair = {r.pair_year: r for r in summary.results}
-    assert summary.total == 4
-    assert summary.failed == 3
-    assert by_pair["GBPUSD_2013"].ok
-    assert not by_pair["EURUSD_2020.parquet"].ok
-    assert "Conflicting tick files" in by_pair["EURUSD_2020.PARQUET"].message
-    assert "Expected PAIR_YEAR.parquet" in by_pair["eur_2020.parquet"].message
+    by_file = {r.pair_year: r for r in summary.invalid}
+    # Three invalid files are not three failed pairs: one pair ran and succeeded.
+    assert summary.total == 1 and summary.failed == 0 and summary.results[0].pair_year == "GBPUSD_2013"
+    assert sorted(by_file) == ["EURUSD_2020.PARQUET", "EURUSD_2020.parquet", "eur_2020.parquet"]
+    assert not summary.all_ok
+    assert "Conflicting tick files" in by_file["EURUSD_2020.PARQUET"].message
+    assert "Expected PAIR_YEAR.parquet" in by_file["eur_2020.parquet"].message
     assert "[1/1] GBPUSD_2013 - generate-base complete" in out.getvalue()
+    assert "Progress: 1/1 pairs done (0 failed)" in out.getvalue()
+    printed = io.StringIO()
+    vast_mode.print_summary(summary, stream=printed)
+    assert "  Total pairs: 1\n  Successful: 1\n  Failed: 0\n  Invalid files: 3 " in printed.getvalue()
 
 
 def test_select_pairs_ignores_case(tmp_path):
@@ -404,13 +409,13 @@ def assert_usage_error(result: subprocess.CompletedProcess, message: str) -> Non
 
 def test_cli_no_mode():
     result = run_cli("--vast-mode", "--input-dir", str(REPO_ROOT))
-    assert_usage_error(result, "Must specify either --generate-base or --search-light")
+    assert_usage_error(result, "Must specify a job: --generate-base, --search-light, --convert or --report")
 
 
 def test_cli_no_mode_message_is_exact():
     result = run_cli("--parquet", "x.parquet")
-    assert result.stderr.strip() == ("error: Must specify either --generate-base or --search-light "
-                                     "(run with --help for usage)")
+    assert result.stderr.strip() == ("error: Must specify a job: --generate-base, --search-light, --convert or "
+                                     "--report (run with --help for usage)")
 
 
 def test_cli_two_modes():
@@ -445,8 +450,164 @@ def test_cli_input_dir_is_a_file(tmp_path):
 def test_cli_input_dir_without_parquet_files(tmp_path):
     (tmp_path / "notes.txt").write_text("no ticks here")
     result = run_cli("--vast-mode", "--generate-base", "--input-dir", str(tmp_path))
-    assert_usage_error(result, f"No parquet files found in {tmp_path}")
-    assert result.stderr.strip() == f"error: No parquet files found in {tmp_path}"
+    assert_usage_error(result, f"no valid PAIR_YEAR.parquet file in {tmp_path}")
+    assert result.stderr.strip() == f"error: no valid PAIR_YEAR.parquet file in {tmp_path}"
+
+
+def run_main_in_process(capfd, *args: str) -> tuple[int, str, str]:
+    """Run main.main in this process (faster than a subprocess); capfd, since the summary writes to the real stdout; return the exit code, stdout and stderr."""
+    import main as cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_folder_of_invalid_files_only_is_usage_error(tmp_path, capfd):
+    write_ticks(tmp_path / "eurusd_2020.parquet", rows=10)
+    code, out, err = run_main_in_process(capfd, "--vast-mode", "--generate-base", "--input-dir", str(tmp_path),
+                                         "--output-dir", str(tmp_path / "out"))
+    assert code == 2, out + err
+    assert err.startswith(f"error: no valid PAIR_YEAR.parquet file in {tmp_path} (eurusd_2020.parquet: ")
+
+
+@pytest.mark.parametrize("pairs", [",", "", " , "])
+def test_cli_empty_pairs_selects_nothing(tmp_path, capfd, pairs):
+    write_ticks(tmp_path / "EURUSD_2020.parquet", rows=10)
+    code, out, err = run_main_in_process(capfd, "--vast-mode", "--generate-base", "--input-dir", str(tmp_path),
+                                         "--output-dir", str(tmp_path / "out"), "--pairs", pairs, "--dry-run")
+    assert code == 2, out + err
+    assert err.startswith("error: --pairs: no pair selected;"), err
+    assert "Plan:" not in out
+
+
+def test_cli_report_without_search_results_is_usage_error(tmp_path, capfd):
+    (tmp_path / "EURUSD_2020").mkdir()  # a generate-base output folder, no search results
+    code, out, err = run_main_in_process(capfd, "--report", "--output-dir", str(tmp_path))
+    assert code == 2, out + err
+    assert err.strip() == f"error: no search-light results in {tmp_path}; run --search-light first"
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_cli_pairs_limits_summary_and_exit_code(tmp_path, capfd, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_ticks(inputs / "USDJPY_2013.parquet", rows=10)
+    for name in ("EURUSD_13.parquet", "eurusd_2013.parquet", "EURUSDm_2013.parquet", "._USDJPY_2013.parquet"):
+        write_ticks(inputs / name, rows=10)
+    (inputs / "GBPUSD_2013.parquet").mkdir()
+    monkeypatch.setitem(vast_mode.JOBS, "generate-base", ok_job)
+    code, out, err = run_main_in_process(capfd, "--vast-mode", "--generate-base", "--input-dir", str(inputs),
+                                         "--output-dir", str(tmp_path / "out"), "--pairs", "USDJPY")
+    assert code == 0, out + err
+    assert "  Total pairs: 1\n  Successful: 1\n  Failed: 0\n" in out
+    assert "Invalid files:" not in out
+    assert ("  Note: 4 invalid files not selected by --pairs (not counted): EURUSD_13.parquet, "
+            "EURUSDm_2013.parquet, GBPUSD_2013.parquet, eurusd_2013.parquet") in out
+    # The folder hint is printed once, and the macOS metadata file is not a tick file at all.
+    assert out.count("expected a single parquet file named PAIR_YEAR.parquet") == 1
+    assert "Expected PAIR_YEAR" not in out.split("INVALID GBPUSD_2013.parquet:")[1].splitlines()[0]
+    assert "._USDJPY" not in out
+    assert "Parquet files:      1 valid, 4 invalid" in out
+
+
+def test_print_plan_lists_largest_first_with_plurals(tmp_path):
+    files = pair_files(tmp_path, ["AUDUSD_2020", "EURUSD_2020", "GBPUSD_2020"])
+    for pair_file, rows in zip(files, (100, 300, 200)):
+        write_ticks(pair_file.path, rows=rows)
+    plan = vast_mode.make_plan(fake_resources(cores=2), files, "generate-base", parallel_pairs=1, max_workers=1)
+    out = io.StringIO()
+    vast_mode.print_plan(plan, tmp_path / "out", out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Plan: 3 pairs, 1 at a time, 1 worker each; largest files first"
+    assert [line.split()[0] for line in lines[1:]] == ["EURUSD_2020", "GBPUSD_2020", "AUDUSD_2020"]
+    one = vast_mode.make_plan(fake_resources(cores=2), files[:1], "generate-base", max_workers=2)
+    out = io.StringIO()
+    vast_mode.print_plan(one, tmp_path / "out", out)
+    assert out.getvalue().startswith("Plan: 1 pair, 1 at a time, 2 workers each;")
+
+
+def test_skip_only_rerun_keeps_synthetic_notice(tmp_path):
+    files = pair_files(tmp_path, ["EURUSD_2020"])
+    write_ticks(files[0].path, rows=50, synthetic=True)
+    resources = fake_resources(cores=2)
+    plan = vast_mode.make_plan(resources, files, "generate-base", skipped=["EURUSD_2020"])
+    banner = io.StringIO()
+    vast_mode.print_resources_banner(resources, scan_input_dir(tmp_path), plan, "generate-base", banner)
+    assert "SYNTHETIC sample data (1 of 1 files)" in banner.getvalue()
+    out = io.StringIO()
+    summary = vast_mode.run_vast_mode(files, "generate-base", tmp_path / "out", Config(), 1, 1, stream=out,
+                                      job_function=ok_job, plan=plan)
+    assert summary.skipped == ["EURUSD_2020"] and summary.synthetic
+    vast_mode.print_summary(summary, stream=out)
+    assert "Results of 1 of 1 pairs are on SYNTHETIC data, not market data." in out.getvalue()
+
+
+@pytest.mark.parametrize("force_rerun", [False, True])
+def test_interrupted_summary_advice_depends_on_force_rerun(force_rerun):
+    summary = vast_mode.VastSummary("generate-base", interrupted=True, force_rerun=force_rerun, results=[
+        vast_mode.PairResult("EURUSD_2020", "generate-base", True, 1.0, ""),
+        vast_mode.PairResult("GBPUSD_2020", "generate-base", False, 0.0, "stopped", status="interrupted")])
+    out = io.StringIO()
+    vast_mode.print_summary(summary, stream=out)
+    text = out.getvalue()
+    if force_rerun:
+        assert "Rerun without --force-rerun to compute the stopped and not started pairs" in text
+        assert "Rerun the same command" not in text
+    else:
+        assert "Rerun the same command to compute the stopped and not started pairs" in text
+
+
+def sigterm_parent_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
+    import signal
+
+    os.kill(os.getppid(), signal.SIGTERM)
+    time.sleep(20)
+    return {"message": "not stopped"}
+
+
+def test_sigterm_stops_run_like_ctrl_c(tmp_path):
+    import signal
+
+    files = pair_files(tmp_path, ["EURUSD_2020", "GBPUSD_2020"])
+    logs = vast_mode.new_run_logs(tmp_path / "out")
+    # Before the run's own handler existed, SIGTERM would have ended pytest; this guard keeps the test alive.
+    guard = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        out = io.StringIO()
+        started = time.monotonic()
+        summary = vast_mode.run_vast_mode(files, "generate-base", tmp_path / "out", Config(), 1, 1, stream=out,
+                                          job_function=sigterm_parent_job, run_logs=logs)
+        assert signal.getsignal(signal.SIGTERM) is not vast_mode._raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, guard)
+    assert time.monotonic() - started < 15, "the pair was not stopped"
+    assert summary.interrupted and summary.signal_name == "SIGTERM"
+    assert "Interrupted by SIGTERM: cancelling queued pairs and stopping running ones ..." in out.getvalue()
+    assert sorted(r.status for r in summary.results) == ["interrupted", "not started"]
+    events = [json.loads(line) for line in logs.ledger_path.read_text().splitlines()]
+    assert sorted(e["status"] for e in events if e["event"] == "end") == ["interrupted", "not started"]
+    stopped = next(r for r in summary.results if r.status == "interrupted")
+    assert stopped.message == "stopped by SIGTERM while running; its temporary files were removed"
+
+
+def test_pair_process_without_parent_exits_quietly(capfd):
+    import multiprocessing
+    import signal
+
+    from fxresearch.pair_executor import _child_main
+
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    receiver.close()  # the parent is gone: nobody reads the result
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        _child_main(sender, os.getppid(), None, (), sum, ([1, 2],), {})
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_cli_bad_config(tmp_path):

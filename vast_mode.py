@@ -37,6 +37,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -66,6 +67,7 @@ __all__ = [
     "configure_run_logging", "detect_resources", "make_plan", "new_run_logs", "print_plan",
     "make_cluster_plan", "print_resources_banner", "print_summary", "run_generate_base_single", "run_pair",
     "run_search_light_single", "run_single_pair", "run_vast_mode", "select_pairs", "load_admission",
+    "RunTerminated", "select_invalid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,11 @@ MAX_REASON_CHARS = 1000
 STOP_GRACE_SECONDS = 5.0
 
 JobFunction = Callable[[Path, Path, Config, bool, int], dict]
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM reached the run: handled like Ctrl-C (``docker stop``, ``timeout`` and hosts send it)."""
+
 
 def _generate_base_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
     from fxresearch.base import generate_base
@@ -128,10 +135,12 @@ class PairResult:
 
 @dataclass
 class VastSummary:
-    """All pair results of one run, invalid input files included as failed pairs.
+    """All pair results of one run; invalid input files are kept apart in ``invalid``.
 
     Pairs skipped because their outputs were current are listed in ``skipped`` and are not
-    part of ``results``.
+    part of ``results``. ``invalid`` holds one failed result per rejected file (named by the
+    file), which is not a pair; ``unselected_invalid`` names rejected files that ``--pairs``
+    did not select, which do not count.
     """
 
     job: str
@@ -141,6 +150,13 @@ class VastSummary:
     interrupted: bool = False
     estimated_seconds: float | None = None
     cost_per_hour: float | None = None
+    invalid: list[PairResult] = field(default_factory=list)
+    unselected_invalid: list[str] = field(default_factory=list)
+    # The signal that stopped the run (SIGINT for Ctrl-C, or SIGTERM), when interrupted.
+    signal_name: str = ""
+    force_rerun: bool = False
+    # Skipped pairs whose (unchanged) inputs are synthetic.
+    skipped_synthetic: int = 0
 
     @property
     def total(self) -> int:
@@ -156,7 +172,12 @@ class VastSummary:
 
     @property
     def synthetic(self) -> bool:
-        return any(r.synthetic for r in self.results)
+        return any(r.synthetic for r in self.results) or self.skipped_synthetic > 0
+
+    @property
+    def all_ok(self) -> bool:
+        """True when no pair failed and no selected input file was invalid."""
+        return self.failed == 0 and not self.invalid
 
     def with_status(self, status: str) -> list[str]:
         """Return the pairs that ended with ``status``, in the order they ended."""
@@ -451,12 +472,32 @@ def select_pairs(files: Sequence[PairFile], requested: Iterable[str] | None) -> 
     if requested is None:
         return list(files)
     requested_ids = [r.strip().upper() for r in requested if r.strip()]
+    if not requested_ids:
+        raise PairSelectionError("--pairs: no pair selected; list symbols or pair-years, e.g. --pairs EURUSD,GBPJPY_2020")
     missing = [r for r in requested_ids if not any(r in (f.symbol, f.pair_year) for f in files)]
     if missing:
         available = ", ".join(f.pair_year for f in files) or "none"
         raise PairSelectionError(
             f"--pairs: no tick file for {', '.join(missing)} in the input folder (available: {available})")
     return [f for f in files if f.symbol in requested_ids or f.pair_year in requested_ids]
+
+
+def select_invalid(invalid: Sequence[InvalidFile],
+                   requested: Iterable[str] | None) -> tuple[list[InvalidFile], list[InvalidFile]]:
+    """Split rejected files into those ``--pairs`` selects and the others.
+
+    A rejected file is selected when the part of its name before the first dot, or the part
+    before its first underscore, matches a request ignoring case (``eurusd_2025.parquet`` is
+    selected by ``EURUSD``). Without ``--pairs`` every rejected file is selected.
+    """
+    if requested is None:
+        return list(invalid), []
+    requested_ids = {r.strip().upper() for r in requested if r.strip()}
+    chosen, others = [], []
+    for bad in invalid:
+        stem = bad.path.name.split(".")[0].upper()
+        (chosen if stem in requested_ids or stem.partition("_")[0] in requested_ids else others).append(bad)
+    return chosen, others
 
 
 @dataclass(frozen=True)
@@ -476,6 +517,8 @@ class RunPlan:
     fingerprints: dict[str, str] = field(default_factory=dict)
     # Memory the running pairs may use together, in bytes; None when not limited.
     memory_budget_bytes: float | None = None
+    # Skipped pairs whose inputs are synthetic: their current outputs are synthetic results too.
+    skipped_synthetic: tuple[str, ...] = ()
 
     @property
     def parallel_pairs(self) -> int:
@@ -523,7 +566,12 @@ def make_plan(resources: Resources, files: Sequence[PairFile], job: str,
     seconds = estimate_run_seconds((i.rows for i in infos.values()), job, workers.parallel_pairs,
                                    workers.workers_per_pair, estimate)
     return RunPlan(tuple(to_run), infos, workers, bytes_per_pair, seconds, estimate, skipped,
-                   dict(fingerprints or {}), available * MEMORY_HEADROOM)
+                   dict(fingerprints or {}), available * MEMORY_HEADROOM, _synthetic_skipped(files, skipped))
+
+
+def _synthetic_skipped(files: Sequence[PairFile], skipped: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the skipped pairs whose input files are marked synthetic (read from their footers)."""
+    return tuple(f.pair_year for f in files if f.pair_year in skipped and tick_file_info(f.path).synthetic)
 
 
 def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, threads_per_worker: int,
@@ -567,7 +615,17 @@ def make_cluster_plan(files: Sequence[PairFile], job: str, dask_workers: int, th
     workers = WorkerPlan(pairs, max_workers or max(1, threads_per_worker), limited_by, notes)
     seconds = estimate_run_seconds((i.rows for i in infos.values()), job, pairs, workers.workers_per_pair, estimate)
     return RunPlan(tuple(to_run), infos, workers, bytes_per_pair, seconds, estimate, skipped,
-                   dict(fingerprints or {}), budget)
+                   dict(fingerprints or {}), budget, _synthetic_skipped(files, skipped))
+
+
+def _count(number: int, noun: str) -> str:
+    """Return ``1 pair`` or ``3 pairs``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _largest_first(files: Iterable[PairFile], rows: dict[str, int]) -> list[PairFile]:
+    """Return the files in run order: most ticks first, so the run does not end on one long straggler."""
+    return sorted(files, key=lambda f: -rows.get(f.pair_year, 0))
 
 
 def _format_bytes(size: float) -> str:
@@ -598,7 +656,7 @@ def format_cost(seconds: float, cost_per_hour: float) -> str:
 
 
 def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan, job_name: str,
-                           stream: TextIO = sys.stdout, *, input_dir: str | Path | None = None,
+                           stream: TextIO | None = None, *, input_dir: str | Path | None = None,
                            output_dir: str | Path | None = None, cluster: str | None = None,
                            cost_per_hour: float | None = None, adaptive: str | None = None,
                            force_rerun: bool = False, selection: str = "--pairs") -> None:
@@ -610,6 +668,7 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     None when the pairs run in processes on this machine. ``adaptive`` describes the load and memory
     thresholds of ``--adaptive``, or is None without it.
     """
+    stream = stream or sys.stdout
     rule = "=" * 72
     quota = "none" if resources.cpu_quota is None else f"{resources.cpu_quota:g} cores"
     cgroup_note = " (cgroup memory limit)" if resources.memory_limited_by_cgroup else ""
@@ -627,8 +686,8 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
         # The pairs run on the cluster's workers, so this machine's cores and memory do not matter.
         lines[3:5] = [f"Runs on:            {cluster}"]
     for bad in scan.invalid:
-        reason = bad.reason if "Expected" in bad.reason else f"{bad.reason} Expected {EXPECTED_FORM}."
-        lines.append(f"  INVALID {bad.path.name}: {reason}")
+        # Each reason names the problem and its fix already.
+        lines.append(f"  INVALID {bad.path.name}: {bad.reason}")
     selected = len(plan.files) + len(plan.skipped)
     if selected != len(scan.valid):
         lines.append(f"Selected by {selection}: {selected} of {len(scan.valid)} valid files")
@@ -668,8 +727,9 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     if cost_per_hour is not None:
         lines.append(f"Estimated cost:     ~{format_cost(plan.estimated_seconds, cost_per_hour)} "
                      f"at {cost_per_hour:g} per hour of this machine")
-    if plan.synthetic_count:
-        lines.append(f"Input:              SYNTHETIC sample data ({plan.synthetic_count} of {len(plan.files)} "
+    synthetic_count = plan.synthetic_count + len(plan.skipped_synthetic)
+    if synthetic_count:
+        lines.append(f"Input:              SYNTHETIC sample data ({synthetic_count} of {selected} "
                      f"files); results on it are synthetic, not market results")
     if input_dir is not None:
         lines.append(f"Input folder:       {input_dir}")
@@ -680,11 +740,13 @@ def print_resources_banner(resources: Resources, scan: ScanResult, plan: RunPlan
     stream.flush()
 
 
-def print_plan(plan: RunPlan, output_dir: str | Path, stream: TextIO = sys.stdout) -> None:
+def print_plan(plan: RunPlan, output_dir: str | Path, stream: TextIO | None = None) -> None:
     """Print each pair to run with its tick count and output folder (the ``--dry-run`` output)."""
-    stream.write(f"Plan: {len(plan.files)} pairs, {plan.parallel_pairs} at a time, "
-                 f"{plan.workers_per_pair} workers each\n")
-    for pair_file in plan.files:
+    stream = stream or sys.stdout
+    stream.write(f"Plan: {_count(len(plan.files), 'pair')}, {plan.parallel_pairs} at a time, "
+                 f"{_count(plan.workers_per_pair, 'worker')} each; largest files first\n")
+    # The order the run starts them in: largest files first.
+    for pair_file in _largest_first(plan.files, {p: i.rows for p, i in plan.infos.items()}):
         info = plan.infos[pair_file.pair_year]
         detail = f"unreadable footer: {info.error}" if info.error else f"{info.rows:,} ticks"
         marker = " [synthetic]" if info.synthetic else ""
@@ -880,7 +942,8 @@ class _Fanout:
 def _stop_after_interrupt(executor: Executor, own_executor: bool, fanout: _Fanout, progress: _Progress,
                           output_dir: Path, job: str) -> None:
     """Cancel the queued pairs, stop the running ones, remove their temporary files, record each."""
-    progress._write("Interrupted: cancelling queued pairs and stopping running ones ...")
+    by = "SIGTERM" if progress.summary.signal_name == "SIGTERM" else "Ctrl-C"
+    progress._write(f"Interrupted by {by}: cancelling queued pairs and stopping running ones ...")
     for future in fanout.futures:
         future.cancel()
     stopped: list[int] = []
@@ -903,7 +966,7 @@ def _stop_after_interrupt(executor: Executor, own_executor: bool, fanout: _Fanou
             progress.record(_result_of(future, pair_file, job))
         elif future.done():
             progress.record(PairResult(pair_file.pair_year, job, False, 0.0,
-                                       "stopped by Ctrl-C while running; its temporary files were removed",
+                                       f"stopped by {by} while running; its temporary files were removed",
                                        status=run_ledger.INTERRUPTED))
         else:
             # NOTE: a caller's executor (Dask) cannot stop a running call, so it may still finish there.
@@ -934,7 +997,7 @@ def load_admission(max_load: float, max_memory_percent: float,
 
 def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: str | Path, config: Config,
                   parallel_pairs: int, workers_per_pair: int, force_rerun: bool = False,
-                  executor: Executor | None = None, stream: TextIO = sys.stdout, *,
+                  executor: Executor | None = None, stream: TextIO | None = None, *,
                   invalid: Sequence[InvalidFile] = (), job_function: JobFunction | None = None,
                   run_logs: RunLogs | None = None, synthetic: dict[str, bool] | None = None,
                   plan: RunPlan | None = None, admission: Callable[[], str | None] | None = None,
@@ -955,7 +1018,8 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
         process that dies fails only its pair. A future that raises fails its own pair only;
         a caller's executor that breaks (``BrokenExecutor``) fails every pair it had not finished.
     invalid
-        Files the scan rejected; each is counted as a failed pair.
+        Files the scan rejected (the selected ones); each is listed in ``summary.invalid``,
+        apart from the pairs.
     job_function
         The per-pair function ``(path, output_dir, config, force_rerun, workers) -> dict``;
         defaults to the job's function in ``JOBS``. It must be importable by name
@@ -975,10 +1039,11 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
     Returns
     -------
     VastSummary
-        Every pair's result (invalid files first), in the order they ended. After Ctrl-C,
-        ``interrupted`` is True and the stopped and never-started pairs are in the results
-        with those statuses.
+        Every pair's result, in the order they ended. After Ctrl-C or SIGTERM (SIGTERM is
+        handled like Ctrl-C while this runs in the main thread), ``interrupted`` is True and
+        the stopped and never-started pairs are in the results with those statuses.
     """
+    stream = stream or sys.stdout
     if job_function is None:
         if job not in JOBS:
             raise ValueError(f"Unknown job {job!r}; expected one of {', '.join(JOBS)}")
@@ -989,7 +1054,9 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
     state_dir = run_state_dir(output_dir)
     ledger_path = run_logs.ledger_path if run_logs else None
     summary = VastSummary(job, estimated_seconds=plan.estimated_seconds if plan else None,
-                          cost_per_hour=cost_per_hour)
+                          cost_per_hour=cost_per_hour, force_rerun=force_rerun)
+    synthetic = dict(synthetic or {})
+    synthetic.update((pair_year, True) for pair_year in (plan.skipped_synthetic if plan else ()))
     fingerprints = plan.fingerprints if plan else {}
     rows = {pair_year: info.rows for pair_year, info in plan.infos.items()} if plan else {}
     skipped = set(plan.skipped) if plan else set()
@@ -1002,19 +1069,18 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
 
     pair_files, rejected = _resolve_files(files, invalid)
     for bad in rejected:
-        summary.results.append(PairResult(bad.path.name, job, False, 0.0, bad.reason))
+        summary.invalid.append(PairResult(bad.path.name, job, False, 0.0, bad.reason))
         run_ledger.append_event(ledger_path, "end", bad.path.name, job, run_ledger.FAILED, ok=False, seconds=0.0,
                                 message=bad.reason, error={"type": "InvalidFile", "message": bad.reason,
                                                            "traceback": ""})
     for pair_year in sorted(skipped):
         summary.skipped.append(pair_year)
+        summary.skipped_synthetic += bool(synthetic.get(pair_year))
         run_ledger.append_event(ledger_path, "end", pair_year, job, run_ledger.SKIPPED, ok=True, seconds=0.0,
                                 message="outputs current", fingerprint=fingerprints.get(pair_year, ""))
-    to_run = [f for f in pair_files if f.pair_year not in skipped]
-    # Largest files first, so the run does not end on one long straggler.
-    to_run.sort(key=lambda f: -rows.get(f.pair_year, 0))
+    to_run = _largest_first((f for f in pair_files if f.pair_year not in skipped), rows)
 
-    progress = _Progress(summary, len(to_run), stream, run_logs, synthetic or {}, rows,
+    progress = _Progress(summary, len(to_run), stream, run_logs, synthetic, rows,
                          plan.estimated_seconds if plan else None, fingerprints)
     measurements = Measurements.load(state_dir) if plan else None
     own_executor = executor is None
@@ -1023,15 +1089,20 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
                                        memory_budget_bytes=plan.memory_budget_bytes if plan else None,
                                        admission=admission, on_hold=progress.hold)
     fanout = _Fanout()
+    previous_handler = _handle_sigterm()
     try:
         for pair_file in to_run:
             _submit(executor, pair_file, fanout, progress, job_function, job, output_dir, config, force_rerun,
                     workers_per_pair, run_logs, plan)
         _collect(fanout, progress, job, measurements, state_dir, rows, workers_per_pair)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         summary.interrupted = True
+        summary.signal_name = "SIGTERM" if isinstance(exc, RunTerminated) else "SIGINT"
+        # A second SIGTERM while the pairs are being stopped would cut the summary short.
+        _ignore_sigterm(previous_handler)
         _stop_after_interrupt(executor, own_executor, fanout, progress, state_dir, job)
     finally:
+        _restore_sigterm(previous_handler)
         if own_executor:
             executor.shutdown(wait=True, cancel_futures=True)
 
@@ -1039,6 +1110,27 @@ def run_vast_mode(files: Sequence[PairFile | str | Path], job: str, output_dir: 
     logger.info("%s run finished: %d pairs, %d failed, %d skipped, %.1fs%s", job, summary.total, summary.failed,
                 len(summary.skipped), summary.seconds, " (interrupted)" if summary.interrupted else "")
     return summary
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise RunTerminated()
+
+
+def _handle_sigterm() -> Any:
+    """Make SIGTERM raise RunTerminated while a run is on; return the handler to restore (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _ignore_sigterm(previous_handler: Any) -> None:
+    if previous_handler is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _restore_sigterm(previous_handler: Any) -> None:
+    if previous_handler is not None:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def _submit(executor: Executor, pair_file: PairFile, fanout: _Fanout, progress: _Progress,
@@ -1098,8 +1190,9 @@ def _collect(fanout: _Fanout, progress: _Progress, job: str, measurements: Measu
 
 
 def run_single_pair(path: str | Path, job: str, output_dir: str | Path, config: Config, force_rerun: bool,
-                    workers: int, run_logs: RunLogs | None = None, stream: TextIO = sys.stdout) -> VastSummary:
+                    workers: int, run_logs: RunLogs | None = None, stream: TextIO | None = None) -> VastSummary:
     """Run one pair in this process, printing the same line as a VAST run with one pair."""
+    stream = stream or sys.stdout
     if job not in JOBS:
         raise ValueError(f"Unknown job {job!r}; expected one of {', '.join(JOBS)}")
     summary = VastSummary(job)
@@ -1111,12 +1204,13 @@ def run_single_pair(path: str | Path, job: str, output_dir: str | Path, config: 
     return summary
 
 
-def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream: TextIO = sys.stdout) -> None:
+def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream: TextIO | None = None) -> None:
     """Print the totals (``Failed: N`` exactly in that form), the failed pairs and the run files.
 
     After Ctrl-C it lists the finished, failed, stopped and never-started pairs. With an
     estimate it prints the estimated time (and cost) beside the actual.
     """
+    stream = stream or sys.stdout
     lines = [
         "-" * 72,
         f"Summary: {summary.job}" + (" (INTERRUPTED)" if summary.interrupted else ""),
@@ -1124,6 +1218,8 @@ def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream:
         f"  Successful: {summary.successful}",
         f"  Failed: {summary.failed}",
     ]
+    if summary.invalid:
+        lines.append(f"  Invalid files: {len(summary.invalid)} (not pairs; listed below)")
     if summary.skipped:
         shown = ", ".join(summary.skipped[:10]) + (" ..." if len(summary.skipped) > 10 else "")
         lines.append(f"  Skipped (outputs current): {len(summary.skipped)} ({shown})")
@@ -1143,16 +1239,28 @@ def print_summary(summary: VastSummary, run_logs: RunLogs | None = None, stream:
     if failed:
         lines.append("  Failed pairs:")
         lines.extend(f"    {r.pair_year}: {r.message}" for r in failed)
+    if summary.invalid:
+        lines.append("  Invalid files:")
+        lines.extend(f"    {r.pair_year}: {r.message}" for r in summary.invalid)
+    if summary.unselected_invalid:
+        lines.append(f"  Note: {_count(len(summary.unselected_invalid), 'invalid file')} not selected by --pairs "
+                     f"(not counted): {', '.join(summary.unselected_invalid)}")
     if summary.interrupted:
         stopped = summary.with_status(run_ledger.INTERRUPTED)
         not_started = summary.with_status(run_ledger.NOT_STARTED)
         lines.append(f"  Stopped while running ({len(stopped)}): {', '.join(stopped) or 'none'}")
         lines.append(f"  Not started ({len(not_started)}): {', '.join(not_started) or 'none'}")
-        lines.append("  Rerun the same command to compute the stopped and not started pairs; "
-                     "finished ones are skipped.")
-    synthetic = sum(r.synthetic for r in summary.results)
+        if summary.force_rerun:
+            # The same command would compute the finished pairs again.
+            lines.append("  Rerun without --force-rerun to compute the stopped and not started pairs; "
+                         "finished ones are then skipped.")
+        else:
+            lines.append("  Rerun the same command to compute the stopped and not started pairs; "
+                         "finished ones are skipped.")
+    synthetic = sum(r.synthetic for r in summary.results) + summary.skipped_synthetic
     if synthetic:
-        lines.append(f"  Results of {synthetic} of {summary.total} pairs are on SYNTHETIC data, not market data.")
+        lines.append(f"  Results of {synthetic} of {summary.total + len(summary.skipped)} pairs are on SYNTHETIC "
+                     f"data, not market data.")
     if run_logs is not None and run_logs.log_path is not None:
         lines.append(f"  Log: {run_logs.log_path}")
         lines.append(f"  Ledger: {run_logs.ledger_path}")

@@ -82,6 +82,11 @@ class RunRecord:
     def failed_pairs(self) -> list[str]:
         return sorted(p for p, run in self.pairs.items() if run.status not in ("ok", "skipped"))
 
+    @property
+    def computed(self) -> bool:
+        """True when the run computed a pair, rather than finding every pair's outputs current."""
+        return any(run.status != "skipped" for run in self.pairs.values())
+
 
 def read_run_ledger(ledger_path: str | Path) -> RunRecord:
     """Read a run ledger (``output/runs/<run id>.jsonl``) into a RunRecord.
@@ -136,6 +141,18 @@ def latest_run(output_dir: str | Path, job: str | None = "search-light") -> RunR
     for ledger_path in sorted(folder.glob("*.jsonl"), reverse=True):
         record = read_run_ledger(ledger_path)
         if job is None or record.job == job:
+            return record
+    return None
+
+
+def latest_computing_run(output_dir: str | Path, job: str = "search-light") -> RunRecord | None:
+    """Return the newest run of ``job`` that computed a pair (not a rerun that skipped every pair), or None."""
+    folder = Path(output_dir) / "runs"
+    if not folder.is_dir():
+        return None
+    for ledger_path in sorted(folder.glob("*.jsonl"), reverse=True):
+        record = read_run_ledger(ledger_path)
+        if record.job == job and record.computed:
             return record
     return None
 
@@ -329,6 +346,8 @@ class Leaderboard:
     run: RunRecord | None
     # Pair -> its loaded results and search report, for the HTML report.
     outputs: dict[str, PairOutputs] = field(default_factory=dict)
+    # The latest run, when it found every output current and ``run`` is the earlier run that computed them.
+    later_current_run: RunRecord | None = None
 
 
 def leaderboard_columns() -> list[str]:
@@ -441,6 +460,12 @@ def build_leaderboard(output_dir: str | Path, pairs: list[str] | None = None,
     record = latest_run(output_dir)
     if pairs is None:
         pairs, record = run_pairs(output_dir)
+    later_current_run = None
+    if record is not None and not record.computed:
+        # A rerun that skipped every pair: the run that computed the results tells their times and messages.
+        computing = latest_computing_run(output_dir, record.job)
+        if computing is not None:
+            later_current_run, record = record, computing
 
     loaded = [load_pair_outputs(output_dir, pair_year) for pair_year in pairs]
     skipped = {p.pair_year: p.reason for p in loaded if p.reason}
@@ -463,7 +488,7 @@ def build_leaderboard(output_dir: str | Path, pairs: list[str] | None = None,
     logger.info("Leaderboard: %d rows from %d pairs; %d trials in the run (%d effective)",
                 len(table), len(ranked), trials.n_trials, trials.effective_trials)
     return Leaderboard(table, family_summary(ranked), list(pairs), skipped, trials, record,
-                       {p.pair_year: p for p in loaded})
+                       {p.pair_year: p for p in loaded}, later_current_run)
 
 
 def write_leaderboard(output_dir: str | Path, board: Leaderboard) -> list[Path]:

@@ -98,3 +98,14 @@ def final_statuses(events: list[dict[str, Any]]) -> dict[str, str]:
 def failed_pairs(ledger_path: Path) -> list[str]:
     """Return the pairs whose last line in the ledger has status ``failed``, sorted."""
     return sorted(pair for pair, status in final_statuses(read_events(ledger_path)).items() if status == FAILED)
+
+
+# Last statuses that ``--retry-failed`` reruns: failed, stopped by Ctrl-C or SIGTERM, and started
+# without an end line (the run was killed with SIGKILL or the machine stopped).
+RETRY_STATUSES = (FAILED, INTERRUPTED, STARTED)
+
+
+def pairs_to_retry(ledger_path: Path) -> dict[str, str]:
+    """Return pair -> last status for the pairs whose last status is one of ``RETRY_STATUSES``, sorted by pair."""
+    statuses = final_statuses(read_events(ledger_path))
+    return {pair: statuses[pair] for pair in sorted(statuses) if statuses[pair] in RETRY_STATUSES}

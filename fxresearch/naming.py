@@ -100,7 +100,8 @@ def scan_input_dir(folder: str | Path) -> ScanResult:
     """Split the ``*.parquet`` files of a folder into valid tick files and invalid ones.
 
     The scan is not recursive and matches the ``.parquet`` suffix in any case; other files
-    are ignored. When two files name the same pair and year (``EURUSD_2025.parquet`` and
+    are ignored, and so are hidden files (names starting with a dot, such as the
+    ``._EURUSD_2025.parquet`` metadata files macOS writes on shared drives). When two files name the same pair and year (``EURUSD_2025.parquet`` and
     ``EURUSD_2025.PARQUET``, say), neither can be chosen safely, so both become invalid
     with a reason naming both.
 
@@ -118,7 +119,7 @@ def scan_input_dir(folder: str | Path) -> ScanResult:
         raise NotADirectoryError(f"Input path {folder} is not a folder. Pass a folder of PAIR_YEAR.parquet files.")
 
     candidates = sorted(
-        (p for p in folder.iterdir() if p.name.lower().endswith(".parquet")), key=lambda p: p.name
+        (p for p in folder.iterdir() if _is_candidate(p.name)), key=lambda p: p.name
     )
     result = ScanResult()
     by_pair_year: dict[str, list[PairFile]] = defaultdict(list)
@@ -159,6 +160,8 @@ def _scan_url_dir(folder_url: str) -> ScanResult:
     by_pair_year: dict[str, list[PairFile]] = defaultdict(list)
     for url_path, is_file in list_parquet_urls(folder_url):
         url = cast(Path, url_path)
+        if not _is_candidate(url.name):
+            continue
         if not is_file:
             result.invalid.append(InvalidFile(url, f"{url.name} is a folder, expected a single parquet file "
                                                    f"named {EXPECTED_FORM}."))
@@ -181,6 +184,11 @@ def _scan_url_dir(folder_url: str) -> ScanResult:
     result.invalid.sort(key=lambda f: f.path.name)
     logger.info("Scanned %s: %d valid tick files, %d invalid", folder_url, len(result.valid), len(result.invalid))
     return result
+
+
+def _is_candidate(name: str) -> bool:
+    """Return True for a name the scan looks at: a ``.parquet`` suffix in any case, not a hidden file."""
+    return name.lower().endswith(".parquet") and not name.startswith(".")
 
 
 def _file_problem(path: Path) -> str | None:

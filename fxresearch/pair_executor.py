@@ -100,10 +100,16 @@ def _child_main(conn: Connection, parent_pid: int, initializer: Callable[..., An
     except BaseException as exc:  # everything goes home, SystemExit included
         message = ("error", exc, traceback.format_exc())
     try:
-        conn.send(message)
-    except Exception as exc:  # the result or the exception cannot be pickled
-        conn.send(("error", RuntimeError(f"cannot send the result back to the parent: {exc!r}"),
-                   traceback.format_exc()))
+        try:
+            conn.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as exc:  # the result or the exception cannot be pickled
+            conn.send(("error", RuntimeError(f"cannot send the result back to the parent: {exc!r}"),
+                       traceback.format_exc()))
+    except (BrokenPipeError, ConnectionResetError):
+        # The parent is gone, so nobody can receive the result; the ledger and the manifest tell the state.
+        pass
     finally:
         conn.close()
 

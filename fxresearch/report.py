@@ -118,6 +118,10 @@ def _summary_section(board: Leaderboard, output_dir: Path) -> str:
         rows = pd.DataFrame([{"pair": p.pair_year, "status": p.status, "seconds": p.seconds,
                               "message": p.message} for p in sorted(run.pairs.values(), key=lambda r: r.pair_year)])
         parts.append(_table_html(rows, "summary"))
+    later = board.later_current_run
+    if later is not None:
+        parts.append(_note(f"A later run, {later.run_id} (started {later.started or '?'}), found the outputs of "
+                           f"all {len(later.pairs)} pairs current and computed nothing."))
     trials = board.trials
     parts.append(f"<p>{trials.n_trials:,} strategies tested over {len(board.pairs)} pairs "
                  f"({trials.effective_trials:,} effective trials after clustering within each pair). "

@@ -96,13 +96,18 @@ def check_current(files: Sequence[PairFile], job: str, output_dir: str | Path, c
     return check
 
 
-def pairs_to_retry(output_dir: str | Path, exclude_ledger: Path | None = None) -> tuple[Path | None, list[str]]:
-    """Return the last run's ledger and the pairs it marks failed (``--retry-failed``)."""
-    from fxresearch.ledger import failed_pairs, latest_ledger
+def pairs_to_retry(output_dir: str | Path, exclude_ledger: Path | None = None) -> tuple[Path | None, dict[str, str]]:
+    """Return the last run's ledger and its pairs to retry (``--retry-failed``), each with its last status.
+
+    A pair is retried when it failed, was stopped (``interrupted``), or started and never
+    ended (``started``: the run was killed before it could write the end line).
+    """
+    from fxresearch.ledger import latest_ledger
+    from fxresearch.ledger import pairs_to_retry as ledger_pairs_to_retry
     from fxresearch.storage import is_url, local_run_dir
 
     ledger = latest_ledger(local_run_dir(str(output_dir)) if is_url(output_dir) else output_dir,
                            exclude=exclude_ledger)
     if ledger is None:
-        return None, []
-    return ledger, failed_pairs(ledger)
+        return None, {}
+    return ledger, ledger_pairs_to_retry(ledger)
