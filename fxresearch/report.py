@@ -120,8 +120,9 @@ def _summary_section(board: Leaderboard, output_dir: Path) -> str:
         parts.append(_table_html(rows, "summary"))
     later = board.later_current_run
     if later is not None:
+        count = f"{len(later.pairs)} pair{'' if len(later.pairs) == 1 else 's'}"
         parts.append(_note(f"A later run, {later.run_id} (started {later.started or '?'}), found the outputs of "
-                           f"all {len(later.pairs)} pairs current and computed nothing."))
+                           f"its {count} current and computed nothing."))
     trials = board.trials
     parts.append(f"<p>{trials.n_trials:,} strategies tested over {len(board.pairs)} pairs "
                  f"({trials.effective_trials:,} effective trials after clustering within each pair). "

@@ -153,3 +153,11 @@ def test_scan_missing_folder_raises(tmp_path: Path) -> None:
     not_a_folder = _touch(tmp_path, "EURUSD_2025.parquet")
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         scan_input_dir(not_a_folder)
+
+
+def test_scan_skips_hidden_files(tmp_path: Path) -> None:
+    for name in ("USDJPY_2013.parquet", "._USDJPY_2013.parquet", ".parquet", ".hidden.PARQUET"):
+        (tmp_path / name).write_bytes(b"PAR1")
+    result = scan_input_dir(tmp_path)
+    assert [f.pair_year for f in result.valid] == ["USDJPY_2013"]
+    assert result.invalid == []

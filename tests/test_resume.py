@@ -139,18 +139,20 @@ def test_killed_run_resumes_unfinished_pairs_only(sample, tmp_path):
             pd.testing.assert_frame_equal(resumed[name], table, check_exact=True, obj=name)
 
 
-def test_ctrl_c_stops_run_with_summary(sample, tmp_path):
+@pytest.mark.parametrize("signum, exit_code, by", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_stops_run_with_summary(sample, tmp_path, signum, exit_code, by):
+    """Ctrl-C and SIGTERM (docker stop, timeout, a host shutting down) end the run the same way."""
     folder, config = sample
     out = tmp_path / "out"
     process = subprocess.Popen(main_args(folder, config, out, "--parallel-pairs", "1"), cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
                                errors="replace")
     wait_for_finished_and_running(out, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
 
-    assert process.returncode == 130, stdout + stderr
-    assert "Interrupted: cancelling queued pairs and stopping running ones ..." in stdout
+    assert process.returncode == exit_code, stdout + stderr
+    assert f"Interrupted by {by}: cancelling queued pairs and stopping running ones ..." in stdout
     assert "Summary: generate-base (INTERRUPTED)" in stdout
     assert "  Finished (1): " in stdout
     assert "  Stopped while running (1): " in stdout
@@ -183,7 +185,8 @@ def test_retry_failed_reruns_only_failed_pairs(sample, tmp_path):
     shutil.copy(folder / "GBPUSD_2025.parquet", inputs)
     retry = run_main(*main_args(inputs, config, out, "--retry-failed"))
     assert retry.returncode == 0, retry.stdout + retry.stderr
-    assert "Retry failed:       1 pairs marked failed in " in retry.stdout
+    assert "Retry failed:       1 pair failed or unfinished in " in retry.stdout
+    assert ": GBPUSD_2025 (failed)" in retry.stdout
     assert "Selected by --retry-failed: 1 of 2 valid files" in retry.stdout
     events = ledger_events(out)
     assert [e["pair"] for e in events if e["event"] == "start"] == ["GBPUSD_2025"]
@@ -212,3 +215,40 @@ def test_pair_process_exits_when_parent_dies(tmp_path):
     assert process_gone(child_pid, timeout=10.0), f"pair process {child_pid} outlived its parent"
     if not process_gone(child_pid, timeout=0.1):
         os.kill(child_pid, signal.SIGKILL)
+
+
+def test_retry_failed_takes_failed_stopped_and_unfinished_pairs(tmp_path):
+    from fxresearch import ledger, resume
+
+    path = ledger.runs_dir(tmp_path) / "20260101T000000Z-1.jsonl"
+    events = [("start", "AUDUSD_2025", "started"), ("end", "AUDUSD_2025", "ok"),
+              ("start", "EURUSD_2025", "started"), ("end", "EURUSD_2025", "failed"),
+              ("start", "GBPUSD_2025", "started"), ("end", "GBPUSD_2025", "interrupted"),
+              ("end", "NZDUSD_2025", "not started"), ("end", "USDCAD_2025", "skipped"),
+              # Killed with SIGKILL: a start line and no end line.
+              ("start", "USDJPY_2025", "started")]
+    for event, pair, status in events:
+        ledger.append_event(path, event, pair, "generate-base", status)
+    found, to_retry = resume.pairs_to_retry(tmp_path)
+    assert found == path
+    assert to_retry == {"EURUSD_2025": "failed", "GBPUSD_2025": "interrupted", "USDJPY_2025": "started"}
+
+
+def test_report_describes_run_that_computed_results_after_skip_only_rerun(tmp_path):
+    from fxresearch import ledger
+    from fxresearch.leaderboard import build_leaderboard
+    from fxresearch.report import _summary_section
+
+    computing = ledger.runs_dir(tmp_path) / "20260101T000000Z-1.jsonl"
+    ledger.append_event(computing, "start", "EURUSD_2025", "search-light", "started")
+    ledger.append_event(computing, "end", "EURUSD_2025", "search-light", "ok", seconds=42.0, message="searched")
+    rerun = ledger.runs_dir(tmp_path) / "20260102T000000Z-2.jsonl"
+    ledger.append_event(rerun, "end", "EURUSD_2025", "search-light", "skipped", message="outputs current")
+
+    board = build_leaderboard(tmp_path)
+    assert board.run is not None and board.run.run_id == "20260101T000000Z-1"
+    assert board.later_current_run is not None and board.later_current_run.run_id == "20260102T000000Z-2"
+    section = _summary_section(board, tmp_path)
+    assert "Run <code>20260101T000000Z-1</code>" in section
+    assert "A later run, 20260102T000000Z-2 (started " in section
+    assert "found the outputs of its 1 pair current and computed nothing." in section
