@@ -455,7 +455,7 @@ def test_cli_input_dir_without_parquet_files(tmp_path):
 
 
 def run_main_in_process(capfd, *args: str) -> tuple[int, str, str]:
-    """Run main.main in this process (faster than a subprocess); capfd, since the summary writes to the real stdout; return the exit code, stdout and stderr."""
+    """Run main.main in this process (faster than a subprocess); return the exit code, stdout and stderr."""
     import main as cli
 
     try:
@@ -516,7 +516,7 @@ def test_cli_pairs_limits_summary_and_exit_code(tmp_path, capfd, monkeypatch):
 
 def test_print_plan_lists_largest_first_with_plurals(tmp_path):
     files = pair_files(tmp_path, ["AUDUSD_2020", "EURUSD_2020", "GBPUSD_2020"])
-    for pair_file, rows in zip(files, (100, 300, 200)):
+    for pair_file, rows in zip(files, (100, 300, 200), strict=True):
         write_ticks(pair_file.path, rows=rows)
     plan = vast_mode.make_plan(fake_resources(cores=2), files, "generate-base", parallel_pairs=1, max_workers=1)
     out = io.StringIO()

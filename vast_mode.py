@@ -52,7 +52,7 @@ from fxresearch import __version__
 from fxresearch import ledger as run_ledger
 from fxresearch.config import Config
 from fxresearch.naming import (
-    EXPECTED_FORM, InvalidFile, InvalidFileNameError, PairFile, ScanResult, parse_pair_filename,
+    InvalidFile, InvalidFileNameError, PairFile, ScanResult, parse_pair_filename,
 )
 from fxresearch.pair_executor import PairProcessDied, PairProcessExecutor
 from fxresearch.storage import UrlPath, is_url, local_run_dir, read_footer, staged_pair
@@ -84,7 +84,10 @@ JobFunction = Callable[[Path, Path, Config, bool, int], dict]
 
 
 class RunTerminated(KeyboardInterrupt):
-    """SIGTERM reached the run: handled like Ctrl-C (``docker stop``, ``timeout`` and hosts send it)."""
+    """Interrupt raised when SIGTERM reaches a run, which then stops like after Ctrl-C.
+
+    ``docker stop``, ``timeout``, systemd and cloud hosts stop a process with SIGTERM.
+    """
 
 
 def _generate_base_job(path: Path, output_dir: Path, config: Config, force_rerun: bool, workers: int) -> dict:
@@ -138,7 +141,7 @@ class VastSummary:
     """All pair results of one run; invalid input files are kept apart in ``invalid``.
 
     Pairs skipped because their outputs were current are listed in ``skipped`` and are not
-    part of ``results``. ``invalid`` holds one failed result per rejected file (named by the
+    part of ``results``. ``invalid`` contains one failed result per rejected file (named by the
     file), which is not a pair; ``unselected_invalid`` names rejected files that ``--pairs``
     did not select, which do not count.
     """
@@ -473,7 +476,8 @@ def select_pairs(files: Sequence[PairFile], requested: Iterable[str] | None) -> 
         return list(files)
     requested_ids = [r.strip().upper() for r in requested if r.strip()]
     if not requested_ids:
-        raise PairSelectionError("--pairs: no pair selected; list symbols or pair-years, e.g. --pairs EURUSD,GBPJPY_2020")
+        raise PairSelectionError("--pairs: no pair selected; list symbols or pair-years, "
+                                 "e.g. --pairs EURUSD,GBPJPY_2020")
     missing = [r for r in requested_ids if not any(r in (f.symbol, f.pair_year) for f in files)]
     if missing:
         available = ", ".join(f.pair_year for f in files) or "none"

@@ -101,7 +101,8 @@ def scan_input_dir(folder: str | Path) -> ScanResult:
 
     The scan is not recursive and matches the ``.parquet`` suffix in any case; other files
     are ignored, and so are hidden files (names starting with a dot, such as the
-    ``._EURUSD_2025.parquet`` metadata files macOS writes on shared drives). When two files name the same pair and year (``EURUSD_2025.parquet`` and
+    ``._EURUSD_2025.parquet`` metadata files macOS writes on shared drives).
+    When two files name the same pair and year (``EURUSD_2025.parquet`` and
     ``EURUSD_2025.PARQUET``, say), neither can be chosen safely, so both become invalid
     with a reason naming both.
 
