@@ -239,7 +239,7 @@ def _metadata(output: PendingOutput, options: ImportOptions) -> dict[str, str]:
     infos = [stats.info for stats in output.inputs]
 
     def joined(values: list[str], separator: str = ",") -> list[str]:
-        # An existing output's info already holds lists joined by commas (rules by line ends).
+        # An existing output's info contains lists joined by commas (its rules joined by line ends).
         return sorted({part for value in values for part in value.split(separator) if part})
 
     return {
