@@ -130,7 +130,7 @@ def test_dry_run_stops_after_banner(sample, tmp_path):
     assert not out.exists()
 
 
-def test_invalid_file_name_counts_as_failed(sample, tmp_path):
+def test_invalid_file_name_is_listed_apart(sample, tmp_path):
     sample_folder, config = sample
     folder = copy_inputs(sample_folder, tmp_path / "in", ["EURUSD_2025.parquet"])
     shutil.copy(sample_folder / "GBPUSD_2025.parquet", folder / "gbpusd-2025.parquet")
@@ -140,9 +140,10 @@ def test_invalid_file_name_counts_as_failed(sample, tmp_path):
     assert "Parquet files:      1 valid, 1 invalid" in result.stdout
     assert re.search(r"^  INVALID gbpusd-2025\.parquet: .*Expected PAIR_YEAR\.parquet", result.stdout, re.M)
     assert re.search(r"^\u2705 \[1/1\] EURUSD_2025 - generate-base complete", result.stdout, re.M)
-    assert "  Total pairs: 2\n" in result.stdout
+    assert "  Total pairs: 1\n" in result.stdout
     assert "  Successful: 1\n" in result.stdout
-    assert "  Failed: 1\n" in result.stdout
+    assert "  Failed: 0\n" in result.stdout
+    assert "  Invalid files: 1 (not pairs; listed below)\n" in result.stdout
     assert (tmp_path / "out" / "EURUSD_2025" / "bars" / "H1.parquet").is_file()
 
 

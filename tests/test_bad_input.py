@@ -129,7 +129,8 @@ def bad_input_run(tmp_path_factory) -> tuple[Path, dict, str, dict]:
     vast_mode.print_summary(summary, run_logs, stream=stream)
     events = [json.loads(line) for line in run_logs.ledger_path.read_text().splitlines()]
     ends = {e["pair"]: e for e in events if e["event"] == "end"}
-    return output_dir, {r.pair_year: r for r in summary.results}, stream.getvalue(), ends
+    # Invalid files are listed apart from the pairs, by file name.
+    return output_dir, {r.pair_year: r for r in summary.results + summary.invalid}, stream.getvalue(), ends
 
 
 def report(output_dir: Path, pair: str) -> dict:
@@ -193,7 +194,7 @@ def test_other_pairs_finish_beside_bad_files(bad_input_run):
     _, results, output, _ = bad_input_run
     assert sorted(pair for pair, result in results.items() if result.ok) == [
         "AUDUSD_2024", "EURUSD_2024", "GBPUSD_2024", "NZDUSD_2024", "USDJPY_2024"]
-    assert "  Failed: 9\n" in output
+    assert "  Failed: 6\n  Invalid files: 3 " in output
 
 
 def test_output_faults_fail_their_pair_only(tmp_path):
