@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated symbols or PAIR_YEAR ids to run, e.g. EURUSD,GBPJPY_2020")
     vast.add_argument("--dry-run", action="store_true", help="print the resources and the plan, then stop")
     vast.add_argument("--retry-failed", action="store_true",
-                      help="run only the pairs that the last run's ledger (DIR/runs/) marks failed; a plain rerun "
-                           "runs the failed and the unfinished pairs")
+                      help="run only the pairs that the last run's ledger (DIR/runs/) marks failed, stopped, or "
+                           "started and never ended; a plain rerun runs the failed and the unfinished pairs")
     vast.add_argument("--adaptive", action="store_true",
                       help="hold new pairs while the machine's load or memory use is above --max-load or "
                            "--max-memory-percent")
