@@ -274,7 +274,13 @@ def _setup_worker_environment(workers: int) -> None:
     the cap applies even where numpy was already imported.
     """
     workers = max(1, int(workers))
+    numba_loaded = "numba" in sys.modules
     for name in THREAD_ENV_VARS:
+        # Once numba is loaded, a changed NUMBA_NUM_THREADS makes its next compile fail
+        # ("Cannot set NUMBA_NUM_THREADS ... once the threads have been launched"), so the
+        # running pool is capped with set_num_threads below instead.
+        if name == "NUMBA_NUM_THREADS" and numba_loaded:
+            continue
         os.environ[name] = str(workers)
 
     import numba
