@@ -101,6 +101,28 @@ def _table_html(frame: pd.DataFrame, css_class: str) -> str:
     return shown.to_html(index=False, classes=css_class, border=0, escape=True, na_rep="")
 
 
+def _compact_leaderboard(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the leaderboard shaped to fit a page: parameters as ``k=v``, SL/TP in one column.
+
+    The ranking key moves out of the table when every pair used the same one (the text above
+    the table says which); the leaderboard files keep every column.
+    """
+    shown = table.copy()
+    shown["params"] = [" ".join(f"{k}={v}" for k, v in json.loads(text).items()) if text else ""
+                       for text in shown["params"]]
+    shown.insert(list(shown.columns).index("stop_loss_pips"), "sl/tp pips",
+                 [f"{sl:g}/{tp:g}" for sl, tp in zip(shown["stop_loss_pips"], shown["take_profit_pips"], strict=True)])
+    shown = shown.drop(columns=["stop_loss_pips", "take_profit_pips"])
+    if shown["ranked_by"].nunique() <= 1:
+        shown = shown.drop(columns=["ranked_by"])
+    return shown.drop(columns=_empty_columns(shown))
+
+
+def _empty_columns(table: pd.DataFrame) -> list[str]:
+    """Return the columns with no value on any row (a score or Sharpe that no strategy has)."""
+    return [column for column in table.columns if table[column].isna().all()]
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -144,7 +166,14 @@ def _leaderboard_section(board: Leaderboard) -> str:
     if board.table.empty:
         parts.append(_note("No pair has ranked strategies, so the leaderboard is empty."))
     else:
-        parts.append(_table_html(board.table[list(TABLE_COLUMNS)], "leaderboard"))
+        if board.table["ranked_by"].nunique() == 1:
+            parts.append(f"<p>Every pair is ranked by <code>{html.escape(str(board.table['ranked_by'].iloc[0]))}"
+                         "</code>.</p>")
+        empty = _empty_columns(board.table[list(TABLE_COLUMNS)])
+        if empty:
+            parts.append(f"<p>Left out, with no value on any row: <code>{html.escape(', '.join(empty))}</code> "
+                         "(the notes above say why; the leaderboard files keep them).</p>")
+        parts.append(_table_html(_compact_leaderboard(board.table[list(TABLE_COLUMNS)]), "leaderboard"))
     parts.append("<h3>Parameter sets that rank well on several pairs</h3>")
     if board.families.empty:
         parts.append(_note("No parameter set was tested."))

@@ -150,3 +150,22 @@ def test_report_renders_in_chromium(which, request, tmp_path):
     if which == "sample":
         SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(screenshot, SCREENSHOT_COPY)
+
+
+def test_leaderboard_table_fits_page():
+    """The page's table shows parameters as k=v, SL/TP in one column, and leaves empty columns out."""
+    import pandas as pd
+
+    from fxresearch.report import TABLE_COLUMNS, _compact_leaderboard
+
+    row = {name: [float("nan")] for name in TABLE_COLUMNS}
+    row.update({"pair_year": ["EURUSD_2014"], "pair_rank": [1], "ranked_by": ["total_pips_is"], "family": ["ma_cross"],
+                "params": ['{"fast":30,"slow":200}'], "stop_loss_pips": [30.0], "take_profit_pips": [60.0],
+                "n_trades_is": [14], "n_trades_oos": [11], "total_pips_is": [167.6], "total_pips_oos": [-44.4]})
+    shown = _compact_leaderboard(pd.DataFrame(row))
+    assert shown["params"].tolist() == ["fast=30 slow=200"]
+    assert shown["sl/tp pips"].tolist() == ["30/60"]
+    assert "ranked_by" not in shown
+    assert "score" not in shown
+    assert "sharpe_oos" not in shown
+    assert shown["total_pips_oos"].tolist() == [-44.4]
