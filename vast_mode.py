@@ -259,7 +259,7 @@ def configure_run_logging(run_logs: RunLogs | None, console_level: int = logging
         handlers.append(log_file)
 
     for handler in handlers:
-        handler._fxresearch = True  # type: ignore[attr-defined]
+        handler._fxresearch = True  # type: ignore[attr-defined]  # marks the handlers this tool added
         root.addHandler(handler)
     root.setLevel(min(logging.INFO, console_level))
 

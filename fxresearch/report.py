@@ -26,19 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+
+from fxresearch import artifacts
+from fxresearch.leaderboard import (
+    DEFAULT_TOP_N, Leaderboard, PairOutputs, RunRecord, build_leaderboard, write_leaderboard,
+)
+from fxresearch.timeutil import ns_to_datetime
 
 matplotlib.use("Agg")  # no display: figures are only rendered to PNG
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from fxresearch import artifacts  # noqa: E402
-from fxresearch.leaderboard import (  # noqa: E402
-    DEFAULT_TOP_N, Leaderboard, PairOutputs, RunRecord, build_leaderboard, write_leaderboard,
-)
-from fxresearch.timeutil import ns_to_datetime  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  the backend must be chosen before pyplot is imported
+from matplotlib.figure import Figure  # noqa: E402  imported with pyplot, after the backend choice
 
 logger = logging.getLogger(__name__)
 

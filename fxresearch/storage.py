@@ -76,8 +76,8 @@ def url_filesystem(url: str) -> tuple[Any, str]:
         names the URL and the package to install.
     """
     try:
-        import fsspec  # type: ignore[import-untyped]
-        from fsspec.core import url_to_fs  # type: ignore[import-untyped]
+        import fsspec
+        from fsspec.core import url_to_fs
     except ImportError:
         raise ValueError(f"Reading {url} needs the fsspec package, which is not installed. "
                          f"Install it with: {INSTALL_HINT}") from None

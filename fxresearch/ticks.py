@@ -34,7 +34,7 @@ from fxresearch.artifacts import write_json_atomic
 from fxresearch.config import Config
 from fxresearch.instruments import Instrument, get_instrument
 from fxresearch.naming import parse_pair_filename
-from fxresearch.timeutil import datetime_to_ns, in_weekend_close, ns_to_datetime
+from fxresearch.timeutil import datetime_to_ns, in_weekend_close, index_to_ns, ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def _iso_strings_to_ns(column: pa.ChunkedArray, name: str, path: Path,
     parsed = pd.DatetimeIndex(pd.to_datetime(
         column.to_numpy(zero_copy_only=False), utc=True, format="ISO8601", errors="coerce"))
     missing = np.asarray(parsed.isna())
-    timestamp_ns = parsed.as_unit("ns").asi8.astype(np.int64, copy=True)  # type: ignore[attr-defined]  # no stub
+    timestamp_ns = index_to_ns(parsed).copy()
     if not missing.any():
         return timestamp_ns, None
     timestamp_ns[missing] = 0

@@ -32,6 +32,7 @@ import pyarrow.csv as pcsv
 
 from fxresearch.config import Config
 from fxresearch.instruments import BUILTIN_INSTRUMENTS
+from fxresearch.timeutil import index_to_ns
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ class ZoneRule:
             ambiguous = np.ones(len(naive), dtype=bool)
             local = naive.tz_localize(self.zone, ambiguous=ambiguous, nonexistent="NaT")
         exists = ~np.asarray(local.isna(), dtype=bool)
-        utc_ns = np.asarray(local.as_unit("ns").asi8, dtype=np.int64)  # type: ignore[attr-defined]
+        utc_ns = index_to_ns(pd.DatetimeIndex(local))
         return utc_ns, exists
 
 

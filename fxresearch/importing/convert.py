@@ -217,7 +217,7 @@ def check_feed_overlap(all_stats: list[InputStats]) -> None:
         for second in spans[i + 1:]:
             if first.info.symbol != second.info.symbol or first.info.feed == second.info.feed:
                 continue
-            if first.first_ns <= second.last_ns and second.first_ns <= first.last_ns:  # type: ignore[operator]
+            if first.first_ns <= second.last_ns and second.first_ns <= first.last_ns:  # type: ignore[operator]  # spans holds only stats with first_ns set, and last_ns is set with it
                 raise ImportDataError(
                     f"Inputs of two feeds of {first.info.symbol} overlap in time and cannot be merged: "
                     f"{first.info.source.label} ({_feed_words(first)}) and {second.info.source.label} "

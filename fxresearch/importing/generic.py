@@ -102,8 +102,16 @@ def read(source: Source, options: ImportOptions) -> ReadResult:
     return ReadResult(info, _chunks(source, options, head, names, has_header, roles, rule, content_symbol))
 
 
+def _column(batch: pa.RecordBatch, names: list[str], roles: dict[str, int | None], role: str) -> pa.Array:
+    """Return the batch's column for ``role``; the header check made sure the role has one."""
+    index = roles[role]
+    if index is None:
+        raise ValueError(f"the generic CSV reader found no {role} column")
+    return batch.column(names[index])
+
+
 def _times(batch: pa.RecordBatch, names: list[str], roles: dict[str, int | None]) -> pa.Array:
-    times = batch.column(names[roles["time"]])  # type: ignore[index]
+    times = _column(batch, names, roles, "time")
     if roles["date"] is not None:
         times = pc.binary_join_element_wise(batch.column(names[roles["date"]]), times, " ")
     return times
@@ -116,11 +124,11 @@ def _chunks(source: Source, options: ImportOptions, head: TextHead, names: list[
                                   delimiter=head.delimiter, encoding=head.encoding,
                                   column_types={name: pa.string() for name in text_columns}):
         if content_symbol is not None:
-            check_one_symbol(batch.column(names[roles["symbol"]]), content_symbol, source)  # type: ignore[index]
+            check_one_symbol(_column(batch, names, roles, "symbol"), content_symbol, source)
         times = pc.utf8_trim_whitespace(_times(batch, names, roles))
         utc_ns, valid, dropped, zone_rows = _parse_times(times, rule, source)
-        chunk = make_chunk(utc_ns, valid, prices_to_float(batch.column(names[roles["bid"]])),  # type: ignore[index]
-                           prices_to_float(batch.column(names[roles["ask"]])), dropped)  # type: ignore[index]
+        chunk = make_chunk(utc_ns, valid, prices_to_float(_column(batch, names, roles, "bid")),
+                           prices_to_float(_column(batch, names, roles, "ask")), dropped)
         chunk.zone_rows = zone_rows
         yield chunk
 
