@@ -45,10 +45,11 @@ MEMORY_HEADROOM = 0.8
 
 # Built-in throughput estimates for the banner's run time, used until a run in the output
 # folder has measured them: input ticks per second per worker thread of a pair job. On a
-# 14.6-million-tick synthetic year in one 2-thread pair process, generate-base ran at 1.04
-# million ticks/s and search-light (2,655 strategies) at 540,000; the figures below are those
-# halved per thread and rounded down. Small files are dominated by the fixed costs below.
-TICKS_PER_SECOND_ESTIMATE = {"generate-base": 450_000, "search-light": 225_000}
+# 14.6-million-tick synthetic year in one 2-thread pair process, generate-base ran at about
+# 670,000 ticks/s and search-light (2,646 strategies, patterns and regimes refitted per
+# walk-forward block) at about 240,000; the figures below are those halved per thread and
+# rounded down. Small files are dominated by the fixed costs below.
+TICKS_PER_SECOND_ESTIMATE = {"generate-base": 300_000, "search-light": 100_000}
 # Fixed seconds of each pair job, and of starting its process (spawn, imports, numba cache load).
 PAIR_SECONDS_ESTIMATE = 0.5
 PROCESS_STARTUP_SECONDS_ESTIMATE = 2.0
