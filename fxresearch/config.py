@@ -358,7 +358,7 @@ class ValidationConfig:
     # CSCV blocks for the probability of backtest overfitting, and the cap on block combinations.
     pbo_partitions: int = 16
     max_pbo_combinations: int = 12870
-    # The ranking score is NaN for strategies with fewer trades than this in-sample or out-of-sample.
+    # The ranking score is NaN for strategies with fewer in-sample trades than this.
     min_trades: int = 30
     # Without any score, strategies with fewer in-sample trades than this rank after the rest.
     fallback_min_trades: int = 10

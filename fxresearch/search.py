@@ -143,7 +143,7 @@ def rank_results(results: pd.DataFrame, fallback_min_trades: int = 0) -> tuple[n
     rank = np.empty(len(results), dtype=np.int64)
     rank[order] = np.arange(1, len(results) + 1)
     reason = "" if by == "score" else (
-        "no strategy has a score: it needs 20+ in-sample days and 30+ trades in each period" + few_trades)
+        "no strategy has a score: it needs 20+ in-sample days and 30+ in-sample trades" + few_trades)
     return rank, {"by": by, "then": ", ".join(keys[1:]), "reason": reason}
 
 
@@ -438,8 +438,7 @@ def _validate(ctx: PairContext, trades: Trades, costs: pd.DataFrame, bid: np.nda
     trials = effective_number_of_trials(daily_is, validation.cluster_threshold,
                                         max_exact=validation.max_exact_cluster,
                                         random_state=validation.random_state)
-    columns["score"] = score_column(daily_is, metrics["n_trades_is"].to_numpy(), metrics["n_trades_oos"].to_numpy(),
-                                    trials=trials, min_trades=validation.min_trades, min_days=validation.min_days)
+    columns["score"] = score_column(daily_is, metrics["n_trades_is"].to_numpy(), trials=trials, min_trades=validation.min_trades, min_days=validation.min_days)
     columns["trial_cluster"] = np.asarray(trials.labels, dtype=np.int64)
 
     report: dict[str, Any] = {

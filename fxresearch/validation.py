@@ -595,25 +595,25 @@ def cluster_sharpe_variance(daily_matrix: np.ndarray, labels: np.ndarray, min_da
 # Ranking score
 
 
-def score_column(daily_matrix_is: np.ndarray, n_trades_is: np.ndarray, n_trades_oos: np.ndarray, *,
+def score_column(daily_matrix_is: np.ndarray, n_trades_is: np.ndarray, *,
                  trials: EffectiveTrials | None = None, min_trades: int = _DEFAULTS.min_trades,
                  min_days: int = MIN_DAYS, threshold: float = _DEFAULTS.cluster_threshold,
                  max_exact: int = _DEFAULTS.max_exact_cluster,
                  random_state: int = _DEFAULTS.random_state) -> np.ndarray:
     """Return the ranking score of each strategy: its deflated Sharpe ratio on in-sample days.
 
-    Every input is in-sample: the strategy's per-day Sharpe ratio, skewness, raw kurtosis and
-    day count, the variance of Sharpe ratios across clusters, and the number of clusters as
-    the number of trials. Out-of-sample P&L is never used, only the out-of-sample trade
-    count, so the score can rank strategies without looking at the holdout.
+    Every input is in-sample: the strategy's per-day Sharpe ratio, skewness, raw kurtosis,
+    day count and trade count, the variance of Sharpe ratios across clusters, and the number
+    of clusters as the number of trials. Nothing of the holdout is used, not even its trade
+    count, because how often a strategy trades there depends on the holdout's prices.
 
     Parameters
     ----------
     daily_matrix_is : np.ndarray
         Strategies x in-sample days P&L in pips, one row per variant tried.
-    n_trades_is, n_trades_oos : np.ndarray
-        Trade counts per strategy in each period; the score is NaN below ``min_trades`` in
-        either, since a Sharpe ratio on so few trades is noise.
+    n_trades_is : np.ndarray
+        In-sample trade count per strategy; the score is NaN below ``min_trades``, since a
+        Sharpe ratio on so few trades is noise.
     trials : EffectiveTrials, optional
         Clusters of the same rows; computed from ``daily_matrix_is`` with ``threshold``,
         ``max_exact`` and ``random_state`` when not given.
@@ -626,11 +626,10 @@ def score_column(daily_matrix_is: np.ndarray, n_trades_is: np.ndarray, n_trades_
     """
     rows = np.asarray(daily_matrix_is, dtype=np.float64)
     n_trades_is = np.asarray(n_trades_is)
-    n_trades_oos = np.asarray(n_trades_oos)
-    if rows.ndim != 2 or not len(n_trades_is) == len(n_trades_oos) == rows.shape[0]:
+    if rows.ndim != 2 or len(n_trades_is) != rows.shape[0]:
         raise ValueError(
             f"score_column needs one trade count per strategy row: matrix shape {rows.shape}, "
-            f"{len(n_trades_is)} in-sample and {len(n_trades_oos)} out-of-sample counts."
+            f"{len(n_trades_is)} in-sample counts."
         )
     if trials is None:
         trials = effective_number_of_trials(rows, threshold, max_exact=max_exact, random_state=random_state)
@@ -645,7 +644,7 @@ def score_column(daily_matrix_is: np.ndarray, n_trades_is: np.ndarray, n_trades_
         variance = 0.0
     n_effective = max(trials.n_effective, 1)
     dsr = np.asarray(deflated_sharpe_ratio(sharpe, rows.shape[1], skew, kurtosis, variance, n_effective))
-    enough_trades = (n_trades_is >= min_trades) & (n_trades_oos >= min_trades)
+    enough_trades = n_trades_is >= min_trades
     logger.debug("Scored %d strategies: %d effective trials, Sharpe variance %.3g per day^2, "
                  "expected max Sharpe %.4f per day", rows.shape[0], n_effective, variance,
                  expected_max_sharpe(variance, n_effective))

@@ -361,4 +361,7 @@ def test_holdout_prices_leave_in_sample_unchanged(sample_file, tmp_path):
     in_sample = [c for c in first.columns if c.endswith("_is") and c != "pnl_usd_is"]
     pd.testing.assert_frame_equal(first[in_sample], second[in_sample])
     np.testing.assert_allclose(first["pnl_usd_is"], second["pnl_usd_is"])
+    # The ranking reads nothing of the holdout, not even its trade counts.
+    pd.testing.assert_series_equal(first["score"], second["score"])
+    pd.testing.assert_series_equal(first["rank"], second["rank"])
     assert not first["total_pips_oos"].equals(second["total_pips_oos"])

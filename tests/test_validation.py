@@ -331,18 +331,20 @@ class TestProbabilityOfBacktestOverfitting:
 
 
 class TestScoreColumn:
-    def test_nan_below_30_trades(self):
+    def test_nan_below_30_in_sample_trades(self):
         rows = np.random.default_rng(9).normal(0.0, 1.0, (4, 200))
-        score = score_column(rows, np.array([30, 29, 100, 100]), np.array([30, 100, 29, 0]))
+        score = score_column(rows, np.array([30, 29, 100, 0]))
         assert np.isfinite(score[0])
-        assert np.isnan(score[1:]).all()
+        assert np.isnan(score[1])
+        assert np.isfinite(score[2])
+        assert np.isnan(score[3])
 
     def test_edge_scores_above_noise(self):
         rng = np.random.default_rng(10)
         rows = rng.normal(0.0, 1.0, (50, 250))
         rows[3] += 0.4
         trades = np.full(50, 100)
-        score = score_column(rows, trades, trades)
+        score = score_column(rows, trades)
         assert np.nanargmax(score) == 3
         assert score[3] > 0.95
         assert np.nanmedian(score) < 0.2
@@ -352,7 +354,7 @@ class TestScoreColumn:
         rows = rng.normal(0.05, 1.0, (10, 120))
         trials = effective_number_of_trials(rows)
         trades = np.full(10, 50)
-        score = score_column(rows, trades, trades, trials=trials)
+        score = score_column(rows, trades, trials=trials)
         sharpe, skew, kurtosis = daily_moments(rows)
         variance = cluster_sharpe_variance(rows, trials.labels)
         expected = deflated_sharpe_ratio(sharpe, 120, skew, kurtosis, variance, trials.n_effective)
@@ -360,4 +362,4 @@ class TestScoreColumn:
 
     def test_mismatched_counts_rejected(self):
         with pytest.raises(ValueError, match="one trade count per strategy"):
-            score_column(np.zeros((3, 50)), np.ones(2), np.ones(3))
+            score_column(np.zeros((3, 50)), np.ones(2))
