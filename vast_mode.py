@@ -970,7 +970,7 @@ def _stop_after_interrupt(executor: Executor, own_executor: bool, fanout: _Fanou
             continue
         fanout.recorded.add(future)
         if future.cancelled():
-            progress.record(PairResult(pair_file.pair_year, job, False, 0.0, "cancelled by Ctrl-C before it started",
+            progress.record(PairResult(pair_file.pair_year, job, False, 0.0, f"cancelled by {by} before it started",
                                        status=run_ledger.NOT_STARTED))
         elif future.done() and not isinstance(future.exception(), PairProcessDied):
             progress.record(_result_of(future, pair_file, job))

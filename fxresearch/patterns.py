@@ -272,9 +272,12 @@ def mine_patterns(features_by_timeframe: Mapping[int, pd.DataFrame],
                                timeframe_min, split_ns, config, document, p_values, candidates)
         if note is not None:
             document["timeframe_notes"][key] = note
-            logger.warning("No patterns mined for %s M%d: %s", pair_year, timeframe_min, note)
         else:
             document["timeframes_min"].append(timeframe_min)
+    # One warning per fact: each skipped timeframe when others were mined, else one for the pair below.
+    if document["timeframes_min"]:
+        for key, note in document["timeframe_notes"].items():
+            logger.warning("No patterns mined for %s M%s: %s", pair_year, key, note)
 
     if not document["timeframes_min"]:
         reasons = "; ".join(f"M{k}: {v}" for k, v in document["timeframe_notes"].items())
