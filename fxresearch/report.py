@@ -359,13 +359,19 @@ def _regime_figure(pair_year: str, regimes: pd.DataFrame, bars: pd.DataFrame) ->
                           label=name)
     axis.set_ylim(low, high)
     axis.set_title(f"{pair_year}: regimes over the mid close", fontsize=10)
-    axis.legend(fontsize=7, loc="upper left", ncols=3)
+    # Beside the plot, so the legend never covers the price line.
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     figure.autofmt_xdate()
+    figure.tight_layout()
     return figure
 
 
 def _regime_section(pairs: dict[str, PairOutputs], output_dir: Path) -> str:
-    parts = ["<h2>Regimes over price</h2>"]
+    parts = ["<h2>Regimes over price</h2>",
+             "<p>Each pair's regimes, fitted on its training part and filtered forward in time. A name "
+             "says the regime's volatility (below or above the median) and trend; when two regimes share "
+             "a name, the one with the higher volatility gets a <code>_2</code> suffix (<code>_3</code> "
+             "for a third). <code>warmup</code> marks bars before the inputs exist.</p>"]
     for pair_year in pairs:
         folder = output_dir / pair_year
         regimes_path = folder / f"{pair_year}_regimes.parquet"
