@@ -438,7 +438,8 @@ def _validate(ctx: PairContext, trades: Trades, costs: pd.DataFrame, bid: np.nda
     trials = effective_number_of_trials(daily_is, validation.cluster_threshold,
                                         max_exact=validation.max_exact_cluster,
                                         random_state=validation.random_state)
-    columns["score"] = score_column(daily_is, metrics["n_trades_is"].to_numpy(), trials=trials, min_trades=validation.min_trades, min_days=validation.min_days)
+    columns["score"] = score_column(daily_is, metrics["n_trades_is"].to_numpy(), trials=trials,
+                                    min_trades=validation.min_trades, min_days=validation.min_days)
     columns["trial_cluster"] = np.asarray(trials.labels, dtype=np.int64)
 
     report: dict[str, Any] = {
