@@ -51,6 +51,21 @@ def vendor_from_path(source: Source, vendors: tuple[str, ...]) -> str | None:
     return None
 
 
+def zone_rule_from_path(source: Source, rules: dict[str, ZoneRule], options: ImportOptions,
+                        unknown: str) -> tuple[str | None, ZoneRule]:
+    """Return the vendor named in the input's path and its zone rule, else ``--source-tz``'s rule.
+
+    Raises ImportDataError with ``unknown`` (what cannot be told, and the fix) when the path
+    names none of ``rules`` and no ``--source-tz`` is given.
+    """
+    vendor = vendor_from_path(source, tuple(rules))
+    if vendor is not None:
+        return vendor, rules[vendor]
+    if options.source_tz:
+        return None, parse_zone(options.source_tz, "--source-tz")
+    raise ImportDataError(f"{source.label}: {unknown}")
+
+
 def day_start_ns(source: Source) -> int:
     """Return midnight (as wall-clock ns) of the day named in the file or archive name."""
     for part in reversed(source.name_parts[-2:]):
@@ -75,16 +90,10 @@ def read(source: Source, options: ImportOptions) -> ReadResult:
         kind = "a LEAN bar file" if n_columns >= 9 else "not a LEAN tick file"
         raise ImportDataError(f"{source.label} has {n_columns} columns, {kind}; LEAN forex ticks have three "
                               f"(ms since midnight, bid, ask).")
-    market = vendor_from_path(source, tuple(MARKET_RULES))
-    if market is not None:
-        rule = MARKET_RULES[market]
-    elif options.source_tz:
-        rule = parse_zone(options.source_tz, "--source-tz")
-    else:
-        raise ImportDataError(
-            f"{source.label}: cannot tell the LEAN market (oanda or fxcm) from the path, so the time zone is "
-            f"unknown. Put the market in the folder or file name, or pass --source-tz."
-        )
+    market, rule = zone_rule_from_path(
+        source, MARKET_RULES, options,
+        "cannot tell the LEAN market (oanda or fxcm) from the path, so the time zone is unknown. Put the "
+        "market in the folder or file name, or pass --source-tz.")
     resolved = resolve_symbol(source, None)
     info = SourceInfo(source, FORMAT, resolved.symbol, resolved.variant, market or "lean", rule.description,
                       resolved.origin)

@@ -28,11 +28,10 @@ from fxresearch.importing.common import (
     TickChunk,
     ZoneRule,
     make_chunk,
-    parse_zone,
     prices_to_float,
     resolve_symbol,
 )
-from fxresearch.importing.lean import vendor_from_path
+from fxresearch.importing.lean import zone_rule_from_path
 
 FORMAT = "nautilus-parquet"
 FIXED_POINT_SCALE = 1e9
@@ -63,17 +62,11 @@ def read(source: Source, options: ImportOptions) -> ReadResult:
             f"{source.label}: expected a parquet file with ts_event and bid/ask or bid_price/ask_price columns, "
             f"found {', '.join(schema.names)}. A PAIR_YEAR.parquet tick file needs no conversion."
         )
-    vendor = vendor_from_path(source, tuple(VENDOR_RULES))
-    if vendor is not None:
-        rule = VENDOR_RULES[vendor]
-    elif options.source_tz:
-        rule = parse_zone(options.source_tz, "--source-tz")
-    else:
-        raise ImportDataError(
-            f"{source.label}: cannot tell the vendor from the file name, so it is unknown whether ts_event is "
-            f"true UTC. Put the vendor (histdata, truefx, dukascopy, oanda) in the name, or pass --source-tz "
-            f"with the zone of the stored clock (UTC when it is true UTC)."
-        )
+    vendor, rule = zone_rule_from_path(
+        source, VENDOR_RULES, options,
+        "cannot tell the vendor from the file name, so it is unknown whether ts_event is true UTC. Put the "
+        "vendor (histdata, truefx, dukascopy, oanda) in the name, or pass --source-tz with the zone of the "
+        "stored clock (UTC when it is true UTC).")
     metadata = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if k != b"pandas"}
     resolved = resolve_symbol(source, metadata.get("instrument_id"))
     info = SourceInfo(source, FORMAT, resolved.symbol, resolved.variant, vendor or "nautilus", rule.description,
