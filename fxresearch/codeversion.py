@@ -15,8 +15,8 @@ from functools import lru_cache
 
 from fxresearch import __version__
 
-# Modules whose code decides each stage's output. Shared helpers (timestamps, instruments,
-# configuration) are listed where their behaviour changes the numbers written.
+# Modules whose code decides each stage's output. Shared helpers (timestamps, instruments) are
+# listed where their behaviour changes the numbers written. Configuration enters through the config hash.
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "ticks_report": ("ticks", "naming", "instruments", "timeutil"),
     "split": ("base", "timeutil"),
@@ -54,7 +54,7 @@ def code_version(stage: str) -> str:
     Returns
     -------
     str
-        ``"<package version>+<16 hex digits>"``; it changes when any module of the stage changes.
+        ``"<package version>+<16 hex digits>"``. It changes when any module of the stage changes.
     """
     try:
         modules = STAGE_MODULES[stage]

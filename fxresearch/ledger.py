@@ -1,7 +1,7 @@
 """The run ledger: one JSON line as each pair of a VAST run starts and ends.
 
 A run writes ``output/runs/<run id>.jsonl``. The ledger is the run's history for people and
-for ``--retry-failed``; whether a pair's outputs are current is decided by its manifest, not
+for ``--retry-failed``. Whether a pair's outputs are current is decided by its manifest, not
 here. Lines are appended with one ``write`` call on a file opened with ``O_APPEND``, so the
 parent and the pair processes can append to the same ledger without interleaving lines.
 
@@ -29,9 +29,10 @@ STARTED = "started"
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
-# Running when the user interrupted the run: stopped, its temporary files removed.
+# A pair that was running when the user interrupted the run. Its process was stopped and its
+# temporary files removed.
 INTERRUPTED = "interrupted"
-# Queued when the user interrupted the run, so never started.
+# A pair still queued when the user interrupted the run, so it never started.
 NOT_STARTED = "not started"
 END_STATUSES = (OK, FAILED, SKIPPED, INTERRUPTED, NOT_STARTED)
 
@@ -43,7 +44,7 @@ def runs_dir(output_dir: str | Path) -> Path:
 
 def append_event(ledger_path: Path | None, event: str, pair: str, job: str, status: str,
                  **fields: Any) -> None:
-    """Append one line to the ledger with a single ``write``; do nothing without a ledger."""
+    """Append one JSON line to the ledger with a single ``write``, or do nothing when ``ledger_path`` is None."""
     if ledger_path is None:
         return
     record: dict[str, Any] = {
@@ -88,7 +89,7 @@ def latest_ledger(output_dir: str | Path, exclude: Path | None = None) -> Path |
 
 
 def final_statuses(events: list[dict[str, Any]]) -> dict[str, str]:
-    """Return each pair's last status in the ledger; a pair with only a start line is ``started``."""
+    """Return each pair's last status in the ledger. A pair with only a start line is ``started``."""
     statuses: dict[str, str] = {}
     for event in events:
         statuses[event["pair"]] = event.get("status") or (STARTED if event.get("event") == "start" else FAILED)

@@ -1,11 +1,11 @@
-"""Which pairs a VAST run must compute: current outputs are skipped, failed ones retried.
+"""Selection of the pairs a VAST run computes, skipping current outputs and retrying failed pairs.
 
 A pair is current when its manifest records that every output of the job was built from this input
 file (same content fingerprint), this configuration and this code, and the files exist. The
 manifest is written after the files it lists, so a pair killed mid-run is never current.
 For an fsspec URL output, the manifests are read through a local mirror
 (``storage.manifest_mirror``) and the ledger lives in the local ``storage.local_run_dir``.
-The run ledger only records history; ``--retry-failed`` reads it to choose the pairs to rerun.
+The run ledger only records history, and ``--retry-failed`` reads it to choose the pairs to rerun.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from fxresearch.naming import PairFile
 
 logger = logging.getLogger(__name__)
 
-# Input files hashed at once: hashing is mostly disk reads, and hashlib releases the GIL.
+# Input files hashed at once. Threads suffice because hashing is mostly disk reads and hashlib
+# releases the GIL.
 FINGERPRINT_THREADS = 4
 
 
@@ -31,7 +32,7 @@ class ResumeCheck:
 
     fingerprints: dict[str, str] = field(default_factory=dict)
     current: set[str] = field(default_factory=set)
-    # Pair-year -> why it could not be checked (it then runs, and its job reports the problem).
+    # Pair-year -> why it could not be checked. Such a pair runs, and its job reports the problem.
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -92,7 +93,8 @@ def check_current(files: Sequence[PairFile], job: str, output_dir: str | Path, c
                 check.current.add(pair_file.pair_year)
             if error:
                 check.errors[pair_file.pair_year] = error
-                logger.info("%s: cannot check its outputs (%s); it runs", pair_file.pair_year, error)
+                logger.info("%s: cannot check whether its outputs are current (%s), so it runs",
+                            pair_file.pair_year, error)
     return check
 
 
