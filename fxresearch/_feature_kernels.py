@@ -2,8 +2,11 @@
 
 Each kernel takes and returns numpy arrays and plain numbers. Row ``t`` of every output reads
 input rows ``<= t`` only, and a row whose window is not yet full, or contains a NaN, is NaN.
-Windows are recomputed from their values at each row (no running sums), so a value does not
-depend on how many rows came before its window.
+The rolling windows are recomputed from their values at each row (no running float sums), so a
+value does not depend on how many rows came before its window. The exceptions are
+``wilder_mean_nb``, a running mean by definition in which a NaN input makes every later row
+NaN, and ``hour_of_week_profile_nb``, which accumulates over all earlier weeks and skips NaN
+values.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from numba import njit
 
 @njit(cache=True)
 def rolling_std_nb(values: np.ndarray, window: int, ddof: int) -> np.ndarray:
-    """Rolling standard deviation over ``window`` rows, like ``Series.rolling(window).std(ddof)``."""
+    """Compute the rolling standard deviation over ``window`` rows, like ``Series.rolling(window).std(ddof)``."""
     n = len(values)
     out = np.full(n, np.nan)
     for t in range(window - 1, n):
@@ -36,7 +39,7 @@ def rolling_std_nb(values: np.ndarray, window: int, ddof: int) -> np.ndarray:
 
 @njit(cache=True)
 def rolling_zscore_nb(close: np.ndarray, window: int) -> np.ndarray:
-    """``(close - mean) / std`` over the last ``window`` closes (population std); 0 on a flat window."""
+    """Compute ``(close - mean) / std`` over the last ``window`` closes (population std), 0 on a flat window."""
     n = len(close)
     out = np.full(n, np.nan)
     for t in range(window - 1, n):
@@ -60,10 +63,10 @@ def rolling_zscore_nb(close: np.ndarray, window: int) -> np.ndarray:
 
 @njit(cache=True)
 def wilder_mean_nb(values: np.ndarray, window: int, first_row: int) -> np.ndarray:
-    """Wilder's running mean ``avg += (x - avg) / window``.
+    """Compute Wilder's running mean ``avg += (x - avg) / window``.
 
     The seed is the simple mean of ``values[first_row:first_row + window]`` on row
-    ``first_row + window - 1``; earlier rows are NaN.
+    ``first_row + window - 1``, and earlier rows are NaN.
     """
     n = len(values)
     out = np.full(n, np.nan)
@@ -83,7 +86,7 @@ def wilder_mean_nb(values: np.ndarray, window: int, first_row: int) -> np.ndarra
 
 @njit(cache=True)
 def efficiency_ratio_nb(close: np.ndarray, window: int) -> np.ndarray:
-    """``|c_t - c_{t-w}| / sum |c_i - c_{i-1}|`` over the last ``window`` changes, clipped to 1."""
+    """Compute ``|c_t - c_{t-w}| / sum |c_i - c_{i-1}|`` over the last ``window`` changes, clipped to 1."""
     n = len(close)
     out = np.full(n, np.nan)
     for t in range(window, n):
@@ -99,7 +102,7 @@ def efficiency_ratio_nb(close: np.ndarray, window: int) -> np.ndarray:
 
 @njit(cache=True)
 def hurst_nb(log_close: np.ndarray, window: int, lags: np.ndarray) -> np.ndarray:
-    """Rolling Hurst exponent by the variance of increments.
+    """Estimate the rolling Hurst exponent from the variance of increments.
 
     For each lag ``q`` the mean square of the ``q``-bar log changes inside the last ``window``
     closes is taken without removing the mean. Under a random walk it grows as ``q``, and in
@@ -143,7 +146,7 @@ def hurst_nb(log_close: np.ndarray, window: int, lags: np.ndarray) -> np.ndarray
 
 @njit(cache=True)
 def ordinal_pattern_nb(close: np.ndarray, order: int) -> np.ndarray:
-    """Lehmer code (0 to ``order! - 1``) of the ordinal pattern ending on each row; -1 before.
+    """Return the Lehmer code (0 to ``order! - 1``) of the ordinal pattern ending on each row, -1 before.
 
     Of two equal closes the earlier one ranks lower, the usual tie rule for permutation entropy.
     """
@@ -167,7 +170,7 @@ def ordinal_pattern_nb(close: np.ndarray, order: int) -> np.ndarray:
 
 @njit(cache=True)
 def permutation_entropy_nb(codes: np.ndarray, n_patterns: int, window: int) -> np.ndarray:
-    """Shannon entropy of the last ``window`` ordinal patterns, divided by ``log(n_patterns)``.
+    """Compute the Shannon entropy of the last ``window`` ordinal patterns, divided by ``log(n_patterns)``.
 
     ``codes`` comes from ``ordinal_pattern_nb`` (-1 where no pattern exists yet). Each row's
     entropy is summed afresh from the pattern counts, so rounding does not build up.
@@ -198,9 +201,9 @@ def permutation_entropy_nb(codes: np.ndarray, n_patterns: int, window: int) -> n
 @njit(cache=True)
 def hour_of_week_profile_nb(volatility: np.ndarray, hour_of_week: np.ndarray, week_id: np.ndarray,
                             min_weeks: int) -> np.ndarray:
-    """Mean volatility of each row's hour-of-week bucket over earlier weeks only.
+    """Compute the mean volatility of each row's hour-of-week bucket over earlier weeks only.
 
-    A bar's own week never enters its profile: the bars of a week are added to their buckets
+    A bar's own week never enters its profile, because the bars of a week are added to their buckets
     when the first bar of a later week arrives. A bucket seen in fewer than ``min_weeks``
     earlier weeks gives NaN. NaN volatilities are skipped. ``hour_of_week`` is 0 to 167 and
     ``week_id`` does not decrease.

@@ -1,7 +1,7 @@
 """Compiled kernels for ``fxresearch.regimes``: Gaussian log densities and the forward filter.
 
 Both work row by row with explicit loops, so a row's result depends on that row (and, for the
-filter, the rows before it) and never on how many rows the arrays hold.
+filter, the rows before it) and never on how many rows the arrays contain.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from numba import njit
 @njit(cache=True)
 def gaussian_log_density_nb(values: np.ndarray, means: np.ndarray, inverse_cholesky: np.ndarray,
                             log_determinant: np.ndarray) -> np.ndarray:
-    """Log density of each row under each multivariate normal component.
+    """Compute the log density of each row under each multivariate normal component.
 
     ``inverse_cholesky[k]`` is the inverse of the lower Cholesky factor of component ``k``'s
     covariance and ``log_determinant[k]`` the log determinant of that covariance. A row with a
@@ -46,7 +46,7 @@ def gaussian_log_density_nb(values: np.ndarray, means: np.ndarray, inverse_chole
 @njit(cache=True)
 def forward_filter_nb(log_emission: np.ndarray, transition: np.ndarray,
                       initial: np.ndarray) -> np.ndarray:
-    """Filtered state probabilities ``P(state_t | rows <= t)`` of a hidden Markov model.
+    """Compute the filtered state probabilities ``P(state_t | rows <= t)`` of a hidden Markov model.
 
     The state before the first row has distribution ``initial``. Each row first moves it one
     step through ``transition`` (rows sum to 1), then weighs it by the row's emission

@@ -21,10 +21,11 @@ Market and data assumptions:
   to the block's start. A label is used only when its ``exit_time`` is before the block's
   start, so its outcome was known then, and a feature row only when its bar opened before it.
   ``mine_patterns`` and ``fit_regime_model`` themselves keep only bars that close by the cut.
-- A block's pattern document carries no holdout figures: it never sees a label after its start.
+- A block's pattern document carries no holdout figures, because it is mined only on labels
+  that exit before the block starts.
 - Bars before the first block are warm-up and get no pattern or regime signal. When the
   in-sample days are too few for one fold, no block exists and pattern and regime families
-  get no in-sample signal at all; the report says why.
+  get no in-sample signal at all. The report gives the reason.
 - The holdout, from the split on, uses the patterns and regimes of the research base,
   chosen on the whole training part. The holdout never chooses them.
 """
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 # The FX trading day starts at 17:00 New York time (see ``timeutil.trading_day_ns``).
 TRADING_DAY_START_HOUR = 17
-# End of the holdout segment: after every bar.
+# End of the holdout segment, later than any bar.
 _END_OF_TIME_NS = int(np.iinfo(np.int64).max)
 
 
@@ -209,7 +210,7 @@ def refit_per_block(features_by_timeframe: Mapping[int, pd.DataFrame],
                   f"and regimes of the whole training part")
         logger.warning("%s: %s", pair_year, reason)
 
-    # Labels are read once, up to the last block's start; each block then takes its own rows.
+    # Labels are read once, up to the last block's start, and each block then takes its own rows.
     labels = _labels_before(labels_by_timeframe, max(start for start, _, _ in bounds)) if bounds else {}
     blocks = []
     for index, (start_ns, end_ns, train_start_ns) in enumerate(bounds):
@@ -278,15 +279,15 @@ def _fit_block(index: int, start_ns: int, end_ns: int, train_start_ns: int,
     if regime_features is not None:
         regime_model = fit_regime_model(_rows_between(regime_features, train_start_ns, start_ns), start_ns,
                                         config.regimes)
-        # The forward filter runs from the first bar, so each bar's probability uses bars up to
-        # it only; rows after the block are not needed.
+        # The forward filter runs from the first bar and each bar's probability uses bars up to it
+        # only, so the rows after the block can be left out.
         regimes = apply_regime_model(regime_model, _rows_between(regime_features, None, end_ns))
     return RefitBlock(index=index, start_ns=start_ns, end_ns=end_ns, train_start_ns=train_start_ns,
                       patterns_doc=patterns_doc, regime_model=regime_model, regimes=regimes)
 
 
 def _rows_between(features: pd.DataFrame, first_ns: int | None, stop_ns: int) -> pd.DataFrame:
-    """Return the rows whose bar opens in [first_ns, stop_ns); no lower bound when first_ns is None."""
+    """Return the rows whose bar opens in [first_ns, stop_ns), with no lower bound when first_ns is None."""
     timestamp_ns = timestamp_column_ns(features, "feature table")
     first = 0 if first_ns is None else int(np.searchsorted(timestamp_ns, first_ns, side="left"))
     stop = int(np.searchsorted(timestamp_ns, stop_ns, side="left"))
