@@ -186,7 +186,7 @@ def run_pairs(output_dir: str | Path) -> tuple[list[str], RunRecord | None]:
 
 @dataclass
 class PairOutputs:
-    """A pair's search results and report; ``reason`` says why there is nothing to rank."""
+    """A pair's search results and report, with ``reason`` set when there is nothing to rank."""
 
     pair_year: str
     results: pd.DataFrame
@@ -250,9 +250,10 @@ class RunTrials:
 def pair_sharpe_variance(outputs: PairOutputs) -> tuple[float, str]:
     """Return the variance V behind a pair's score and where it came from.
 
-    The search report stores V (``sharpe_variance_is``). Reports written before that get
-    the variance of the per-day Sharpe ratios across the pair's strategies, which is what
-    ``validation.cluster_sharpe_variance`` falls back to with fewer than two clusters.
+    The search report stores V (``sharpe_variance_is``). For reports written before that
+    field existed, V is estimated as the variance of the per-day Sharpe ratios across the
+    pair's strategies, which is what ``validation.cluster_sharpe_variance`` falls back to
+    with fewer than two clusters.
     """
     value = outputs.report.get("sharpe_variance_is")
     if "sharpe_variance_is" in outputs.report:
@@ -293,8 +294,8 @@ def run_scores(rows: pd.DataFrame, outputs: PairOutputs, trials: RunTrials) -> t
     skewness and kurtosis term of the strategy's daily P&L, which the results do not store.
     ``v`` is solved from the stored score, then the ratio is computed again with
     ``SR0_run = expected_max_sharpe(V_run, N_run)``. Where the score cannot be inverted
-    (saturated at 0 or 1, or equal to 0.5), ``v`` is that of normal daily returns,
-    ``1 + SR^2 / 2``. A run of one pair gives back the pair's score.
+    (``z = Phi^-1(score)`` infinite or 0, ``(SR - SR0_pair) / z`` not positive, or
+    ``SR = 0``), ``v`` is that of normal daily returns, ``1 + SR^2 / 2``. A run of one pair gives back the pair's score.
 
     Returns the run scores and, per row, how ``v`` was found.
     """
@@ -323,7 +324,7 @@ def run_scores(rows: pd.DataFrame, outputs: PairOutputs, trials: RunTrials) -> t
         else:
             variance_term = 1.0 + sharpe[i] ** 2 / 2.0
             basis[i] = "normal returns"
-        # deflated_sharpe_ratio takes skewness and kurtosis; skewness 0 with this kurtosis
+        # deflated_sharpe_ratio takes skewness and kurtosis, and skewness 0 with this kurtosis
         # gives the same variance term.
         kurtosis = 1.0 + 4.0 * (variance_term - 1.0) / sharpe[i] ** 2 if sharpe[i] != 0 else 3.0
         scores[i] = deflated_sharpe_ratio(sharpe[i], n_days[i], 0.0, kurtosis, run_variance, trials.effective_trials)
@@ -351,7 +352,7 @@ class Leaderboard:
 
 
 def leaderboard_columns() -> list[str]:
-    """Return the leaderboard's columns in order: who, rank and scores, then metrics side by side."""
+    """Return the leaderboard's columns in order: identity, rank and scores, then metrics side by side."""
     columns = ["pair_year", "synthetic", "pair_rank", "ranked_by", *IDENTITY_COLUMNS, "score", "score_run",
                "score_run_basis", "n_trials_pair", "effective_trials_pair", "n_trials_run", "effective_trials_run"]
     for name in SIDE_BY_SIDE:
@@ -386,7 +387,7 @@ def _top_rows(outputs: PairOutputs, top_n: int, trials: RunTrials) -> pd.DataFra
 def family_summary(pairs: list[PairOutputs]) -> pd.DataFrame:
     """Summarise each (family, params) over the pairs: top-decile count and median figures.
 
-    On each pair the best-ranked SL/TP variant of a parameter set stands for it. A pair
+    On each pair the best-ranked SL/TP variant of a parameter set represents it. A pair
     counts towards ``n_pairs_top_decile`` when that variant ranks within the first
     ``TOP_FRACTION`` of the pair's strategies (at least rank 1). Medians are over pairs.
     """
@@ -462,7 +463,8 @@ def build_leaderboard(output_dir: str | Path, pairs: list[str] | None = None,
         pairs, record = run_pairs(output_dir)
     later_current_run = None
     if record is not None and not record.computed:
-        # A rerun that skipped every pair: the run that computed the results tells their times and messages.
+        # The latest run skipped every pair, so the times and messages come from the run that
+        # computed the results.
         computing = latest_computing_run(output_dir, record.job)
         if computing is not None:
             later_current_run, record = record, computing

@@ -1,11 +1,11 @@
 """An ``Executor`` that runs each submitted call in its own new process.
 
 ``concurrent.futures.ProcessPoolExecutor`` breaks as a whole when one worker process dies:
-every running and pending future fails with ``BrokenProcessPool`` and none says which call
-killed it. ``PairProcessExecutor`` starts a fresh process (spawn start method by default)
-for each call, at most ``max_workers`` at a time, so a call whose process dies (a signal,
-``os._exit``, a segfault in a native library, an out-of-memory kill) fails only its own
-future, with ``PairProcessDied`` naming the signal or the exit code.
+every running and pending future fails with ``BrokenProcessPool``, and none of them shows which
+call killed it. ``PairProcessExecutor`` starts a fresh process (spawn start method by default)
+for each call, at most ``max_workers`` at a time. A call whose process dies (a signal,
+``os._exit``, a segfault in a native library, an out-of-memory kill) therefore fails only its
+own future, with ``PairProcessDied`` naming the signal or the exit code.
 
 Each child process:
 
@@ -14,7 +14,7 @@ Each child process:
   leaves no orphan writing into the output folder;
 - sends back the call's result, or its exception with the formatted traceback.
 
-Before a queued call starts, the executor asks two things: whether its memory weight fits
+Before a queued call starts, the executor checks two things: whether its memory weight fits
 the budget beside the calls already running, and the optional ``admission`` callable (load
 and memory thresholds of ``--adaptive``). A call is never held when nothing runs, so the
 queue always moves.
@@ -48,7 +48,7 @@ ADMISSION_RETRY_SECONDS = 2.0
 
 
 class PairProcessDied(RuntimeError):
-    """The process running a call ended without returning its result.
+    """Error raised when the process running a call ends without sending its result.
 
     ``exit_code`` follows ``multiprocessing.Process.exitcode``: negative for the signal
     that killed the process.
@@ -84,7 +84,7 @@ def _watch_parent(parent_pid: int) -> None:
     while True:
         time.sleep(PARENT_CHECK_SECONDS)
         if os.getppid() != parent_pid:
-            # The parent died and this process was adopted: stop before writing more.
+            # The parent died and another process adopted this one, so stop before writing more.
             os._exit(EXIT_PARENT_DIED)
 
 
@@ -97,7 +97,7 @@ def _child_main(conn: Connection, parent_pid: int, initializer: Callable[..., An
         if initializer is not None:
             initializer(*initargs)
         message: tuple = ("result", fn(*args, **kwargs))
-    except BaseException as exc:  # everything goes home, SystemExit included
+    except BaseException as exc:  # send every exception to the parent, SystemExit included
         message = ("error", exc, traceback.format_exc())
     try:
         try:
@@ -108,7 +108,8 @@ def _child_main(conn: Connection, parent_pid: int, initializer: Callable[..., An
             conn.send(("error", RuntimeError(f"cannot send the result back to the parent: {exc!r}"),
                        traceback.format_exc()))
     except (BrokenPipeError, ConnectionResetError):
-        # The parent is gone, so nobody can receive the result; the ledger and the manifest tell the state.
+        # The parent is gone, so no one can receive the result. The ledger and the manifest
+        # record the pair's state.
         pass
     finally:
         conn.close()
@@ -129,7 +130,7 @@ class _Running:
     process: Any
     conn: Connection
     started: float = field(default_factory=time.monotonic)
-    answered: bool = False
+    received: bool = False
     # True once the result pipe reached its end without a message (the process died).
     pipe_closed: bool = False
 
@@ -231,7 +232,7 @@ class PairProcessExecutor(Executor):
         return [process.pid for process in processes]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking calls; with ``cancel_futures``, cancel the queued ones; with ``wait``, wait for the rest."""
+        """Stop accepting calls, cancel the queued ones with ``cancel_futures``, and wait for the rest with ``wait``."""
         with self._lock:
             self._shutdown = True
             if cancel_futures:
@@ -250,7 +251,7 @@ class PairProcessExecutor(Executor):
             pass
 
     def _next_hold_reason(self, item: _WorkItem) -> str | None:
-        """Return why ``item`` must wait, or None; nothing waits while no call runs."""
+        """Return why ``item`` must wait, or None to start it. Nothing waits while no call runs."""
         if not self._running:
             return None
         if self.memory_budget_bytes is not None and item.weight > 0:
@@ -312,7 +313,7 @@ class PairProcessExecutor(Executor):
             waitables: list[Any] = [self._wakeup_reader]
             for entry in running:
                 waitables.append(entry.process.sentinel)
-                if not entry.answered and not entry.pipe_closed:
+                if not entry.received and not entry.pipe_closed:
                     waitables.append(entry.conn)
             timeout = ADMISSION_RETRY_SECONDS if self._hold_reason is not None else None
             ready = wait(waitables, timeout=timeout)
@@ -320,7 +321,7 @@ class PairProcessExecutor(Executor):
                 while self._wakeup_reader.poll():
                     self._wakeup_reader.recv_bytes()
             for entry in running:
-                if entry.conn in ready and not entry.answered:
+                if entry.conn in ready and not entry.received:
                     self._receive(entry)
                 if entry.process.sentinel in ready:
                     self._finish(entry)
@@ -334,9 +335,9 @@ class PairProcessExecutor(Executor):
         try:
             message = entry.conn.recv()
         except (EOFError, OSError):
-            entry.pipe_closed = True  # the process died; _finish reports how
+            entry.pipe_closed = True  # the process died, and _finish reports how
             return
-        entry.answered = True
+        entry.received = True
         if message[0] == "result":
             entry.item.future.set_result(message[1])
         else:
@@ -345,15 +346,15 @@ class PairProcessExecutor(Executor):
             entry.item.future.set_exception(exc)
 
     def _finish(self, entry: _Running) -> None:
-        if not entry.answered and not entry.pipe_closed and entry.conn.poll():
+        if not entry.received and not entry.pipe_closed and entry.conn.poll():
             self._receive(entry)
         entry.process.join()
         entry.conn.close()
         with self._lock:
             self._running.pop(entry.process.sentinel, None)
-        if not entry.answered:
+        if not entry.received:
             reason = f"pair process {entry.process.pid} {describe_exit_code(entry.process.exitcode)}"
-            # The caller reports the failure on screen; this record is for the run log file only.
+            # The caller reports the failure on screen, so this record goes to the run log file only.
             logger.error("%s while running %s", reason, getattr(entry.item.fn, "__name__", entry.item.fn),
                          extra={"file_only": True})
             entry.item.future.set_exception(PairProcessDied(reason, entry.process.exitcode, entry.process.pid))

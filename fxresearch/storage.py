@@ -7,8 +7,9 @@ a local staging folder instead (``staged_pair``):
 2. the job runs on the local copies, so every stage and the manifest work as they do locally;
 3. each file the job wrote is copied up once under its final name, and the manifest last,
    because an object store can neither rename nor append. A pair killed before the last
-   copy leaves its old manifest, which does not list the new files, so the pair is not
-   current and a rerun computes it again.
+   copy leaves its old manifest, so the pair is not current and a rerun computes it again.
+   NOTE: the old manifest still lists files of the same name that were already replaced, so
+   a later run with the old input, configuration and code would take those new files as current.
 
 The orchestrator reads the URLs too: the folder listing, each file's parquet footer and
 content fingerprint, and the pairs' manifests for the resume check (``manifest_mirror``).
@@ -72,7 +73,7 @@ def url_filesystem(url: str) -> tuple[Any, str]:
     Raises
     ------
     ValueError
-        When fsspec is missing or knows no filesystem for the URL's protocol; the message
+        When fsspec is missing or has no filesystem for the URL's protocol. The message
         names the URL and the package to install.
     """
     try:
@@ -149,11 +150,11 @@ class StagedPair:
         return self.output_dir / self.pair_year
 
     def snapshot(self) -> None:
-        """Remember every local output file's size and time, to tell the job's writes apart."""
+        """Record the size and modification time of every local output file, so ``upload`` finds the job's writes."""
         self._before = _file_stamps(self.local_pair_dir)
 
     def upload(self) -> list[str]:
-        """Copy each file the job wrote to the output URL, the manifest last; return their names."""
+        """Copy each file the job wrote to the output URL, the manifest last, and return their names."""
         if self.output_url is None:
             return []
         after = _file_stamps(self.local_pair_dir)
@@ -179,7 +180,7 @@ def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def _download_tree(url: str, local: Path) -> int:
-    """Copy every file under ``url`` into ``local``; return how many (0 when the URL has none)."""
+    """Copy every file under ``url`` into ``local`` and return the count (0 when the URL has none)."""
     filesystem, base = url_filesystem(url)
     base = base.rstrip("/")
     if not filesystem.exists(base):
@@ -201,7 +202,7 @@ def staged_pair(input_location: str | Path, output_location: str | Path, pair_ye
     """Yield local stand-ins for a pair whose tick file or output folder is a URL.
 
     Local paths are used as they are. On leaving without an exception, the files the job
-    wrote are copied to the output URL, the manifest last; the staging folder is always removed.
+    wrote are copied to the output URL, the manifest last. The staging folder is always removed.
     """
     root = Path(tempfile.mkdtemp(prefix=f"fxresearch-{pair_year}-"))
     try:
@@ -236,7 +237,7 @@ def manifest_mirror(output_url: str, pair_years: list[str]) -> Iterator[Path]:
     """Yield a local folder that stands for the output URL in the resume check.
 
     Each pair's manifest is copied down, and each file it lists that exists at the URL gets
-    an empty stand-in, so ``Manifest.stale_reason`` sees which files are missing without
+    an empty stand-in, so ``Manifest.stale_reason`` finds which files are missing without
     downloading them.
     """
     import json
@@ -255,7 +256,7 @@ def manifest_mirror(output_url: str, pair_years: list[str]) -> Iterator[Path]:
             try:
                 document = json.loads((local_dir / _MANIFEST_NAME).read_text())
             except (OSError, ValueError):
-                continue  # Manifest.load warns about it and the pair runs
+                continue  # Manifest.load logs a warning about it, and the pair runs
             listed = {name for entry in document.get("artifacts", {}).values() for name in entry.get("files", [])}
             for name in sorted(listed):
                 stand_in = local_dir / name
