@@ -5,11 +5,10 @@ a local staging folder instead (``staged_pair``):
 
 1. its tick file and its existing output files are copied down from the URLs;
 2. the job runs on the local copies, so every stage and the manifest work as they do locally;
-3. each file the job wrote is copied up once under its final name, and the manifest last,
-   because an object store can neither rename nor append. A pair killed before the last
-   copy leaves its old manifest, so the pair is not current and a rerun computes it again.
-   NOTE: the old manifest still lists files of the same name that were already replaced, so
-   a later run with the old input, configuration and code would take those new files as current.
+3. the old remote manifest is deleted, then each file the job wrote is copied up once under
+   its final name, and the manifest last, because an object store can neither rename nor
+   append. A pair killed before the last copy has no manifest, so it is not current and a
+   rerun computes it again.
 
 The orchestrator reads the URLs too: the folder listing, each file's parquet footer and
 content fingerprint, and the pairs' manifests for the resume check (``manifest_mirror``).
@@ -163,6 +162,10 @@ class StagedPair:
             changed.remove(_MANIFEST_NAME)
             changed.append(_MANIFEST_NAME)
         filesystem, base = url_filesystem(join_url(self.output_url, self.pair_year))
+        manifest_target = f"{base.rstrip('/')}/{_MANIFEST_NAME}"
+        # Deleted first: the old manifest would list names whose files are being replaced.
+        if changed and filesystem.exists(manifest_target):
+            filesystem.rm_file(manifest_target)
         for name in changed:
             target = f"{base.rstrip('/')}/{name}"
             filesystem.makedirs(target.rsplit("/", 1)[0], exist_ok=True)

@@ -361,3 +361,39 @@ def test_cli_unreachable_scheduler_exits_2_quickly(sample_dir, tmp_path, monkeyp
     assert stderr.count("\n") == 1
     assert seconds < 8
     assert not (tmp_path / "out" / "EURUSD_2025").exists()
+
+
+def test_interrupted_upload_leaves_no_manifest(tmp_path, monkeypatch):
+    """A pair killed while its files are copied up leaves no manifest listing replaced files."""
+    from fxresearch.storage import StagedPair
+
+    remote = tmp_path / "remote" / "EURUSD_2025"
+    remote.mkdir(parents=True)
+    (remote / "manifest.json").write_text('{"artifacts": {"bars": {"files": ["bars/M1.parquet"]}}}')
+    (remote / "bars").mkdir()
+    (remote / "bars" / "M1.parquet").write_bytes(b"old bars")
+
+    staged = StagedPair(tmp_path / "stage", tmp_path / "in.parquet", tmp_path / "stage" / "out", "EURUSD_2025",
+                        f"file://{tmp_path / 'remote'}")
+    local = staged.local_pair_dir
+    (local / "bars").mkdir(parents=True)
+    (local / "bars" / "M1.parquet").write_bytes(b"new bars")
+    (local / "bars" / "M5.parquet").write_bytes(b"new bars")
+    (local / "manifest.json").write_text('{"artifacts": {}}')
+
+    import fsspec.implementations.local as fsspec_local
+
+    real_put = fsspec_local.LocalFileSystem.put_file
+    copied: list[str] = []
+
+    def put_then_die(self, source, target, *args, **kwargs):
+        if copied:
+            raise OSError("killed during the upload")
+        copied.append(target)
+        return real_put(self, source, target, *args, **kwargs)
+
+    monkeypatch.setattr(fsspec_local.LocalFileSystem, "put_file", put_then_die)
+    with pytest.raises(OSError, match="killed during the upload"):
+        staged.upload()
+    assert (remote / "bars" / "M1.parquet").read_bytes() == b"new bars"
+    assert not (remote / "manifest.json").exists()
