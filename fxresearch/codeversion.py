@@ -23,7 +23,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "bars": ("bars", "_bar_kernels"),
     "features": ("features", "_feature_kernels"),
     "labels": ("labels", "_label_kernels", "fills", "_fill_kernels", "timeutil"),
-    "patterns": ("patterns",),
+    "patterns": ("patterns", "_pattern_kernels"),
     "regimes": ("regimes", "_regime_kernels"),
     "backtest_results": (
         "search", "strategies", "user_templates", "backtest", "_backtest_kernels", "fills",
