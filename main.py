@@ -383,7 +383,7 @@ def run_vast(args: argparse.Namespace, config: Config) -> int:
         selected = _select_failed(args, selected)
         if not selected:
             return EXIT_OK
-    # A pair whose manifest says its outputs are current is skipped, unless asked to redo it.
+    # A pair whose manifest marks its outputs current is skipped, unless --force-rerun or --retry-failed is given.
     check = resume.check_current(selected, args.job, args.output_dir, config)
     skipped = [] if args.force_rerun or args.retry_failed else sorted(check.current)
     plan_options = {"estimate": Measurements.load(vast_mode.run_state_dir(args.output_dir)).estimate(args.job),

@@ -376,7 +376,7 @@ def iter_label_chunks(
 ) -> Iterator[pd.DataFrame]:
     """Yield the labels of ``build_labels`` one grid chunk at a time, logging progress.
 
-    Each chunk holds whole grid entries (every bar, both sides), at most
+    Each chunk contains whole grid entries (every bar, both sides), at most
     ``labels.max_rows_per_chunk`` rows unless one grid entry alone is larger. Yields nothing
     when there are fewer than ``labels.min_bars`` bars.
     """

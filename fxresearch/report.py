@@ -104,8 +104,8 @@ def _table_html(frame: pd.DataFrame, css_class: str) -> str:
 def _compact_leaderboard(table: pd.DataFrame) -> pd.DataFrame:
     """Return the leaderboard shaped to fit a page: parameters as ``k=v``, SL/TP in one column.
 
-    The ranking key moves out of the table when every pair used the same one (the text above
-    the table says which); the leaderboard files keep every column.
+    The ranking key moves out of the table when every pair used the same one, because the
+    text above the table names it. The leaderboard files keep every column.
     """
     shown = table.copy()
     shown["params"] = [" ".join(f"{k}={v}" for k, v in json.loads(text).items()) if text else ""

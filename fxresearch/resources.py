@@ -253,7 +253,7 @@ class Measurements:
             return cls()
 
     def save(self, output_dir: str | Path) -> None:
-        """Write the measurements atomically; a failure is logged, never raised."""
+        """Write the measurements atomically. An OS error is logged as a warning, not raised."""
         from fxresearch.artifacts import write_json_atomic
 
         try:

@@ -30,7 +30,8 @@ def manifest_entries(output_dir: Path) -> dict[str, dict]:
 
 def test_code_version_changes_with_module_source(monkeypatch):
     before = codeversion.code_version("labels")
-    assert before.startswith("0.") and len(before.split("+")[1]) == 16
+    assert before.startswith("0.")
+    assert len(before.split("+")[1]) == 16
     # Another fills.py source is another labels version, and leaves the bars version alone.
     bars_before = codeversion.code_version("bars")
     real = codeversion._module_digest
@@ -60,7 +61,8 @@ def test_code_change_rebuilds_stage_and_what_reads_it(sample_file, tmp_path, mon
 
     # The search results read the rebuilt labels and patterns, so they are rebuilt too.
     result = search_light(sample_file, tmp_path, config)
-    assert "strategies" in result["message"] and "reused" not in result["message"]
+    assert "strategies" in result["message"]
+    assert "reused" not in result["message"]
     after = manifest_entries(tmp_path)
     assert after["backtest_results"]["build_id"] != before["backtest_results"]["build_id"]
     assert after["bars"]["build_id"] == before["bars"]["build_id"]

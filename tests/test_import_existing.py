@@ -1,4 +1,4 @@
-"""Converting into a folder that already holds the output, option checks, mixed zones and messages."""
+"""Converting into a folder that already contains the output, option checks, mixed zones and messages."""
 
 from __future__ import annotations
 

@@ -396,7 +396,7 @@ class SourceInfo:
 
 @dataclass
 class ReadResult:
-    """A reader's answer: the input's description and its chunks (read lazily)."""
+    """Result of a reader: the input's description and its chunks (read lazily)."""
 
     info: SourceInfo
     chunks: Iterator[TickChunk]

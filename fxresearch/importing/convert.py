@@ -3,7 +3,7 @@
 Nothing is written under a final name until every input has been read and every output
 written in a temporary folder, so an input that fails, or an interrupt, leaves earlier
 outputs untouched. An output that already exists is read as one more input of its feed and
-merged, unless ``ImportOptions.overwrite`` asks to replace it.
+merged, unless ``ImportOptions.overwrite`` is set, which replaces it.
 """
 
 from __future__ import annotations
